@@ -1,0 +1,398 @@
+"""The decoder: one pure-functional transformer for the Qwen3 and Llama 3 families.
+
+Parameters are a plain nested dict; layers are stacked on a leading `layers` axis and run with
+`lax.scan`, so a 64-layer model compiles as fast as a 2-layer one. Family differences (Qwen3 q/k
+RMSNorm, Llama 3 rope scaling, tied embeddings, attention biases) are `ModelConfig` fields.
+`param_axes(cfg)` gives the logical axis names of every parameter (see `sharding.py`).
+
+    cfg = ModelConfig.preset("qwen3_1.7b")
+    params = init_params(cfg, jax.random.key(0))
+    logits_BTV = forward(cfg, params, tokens_BT, mask_BT)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from s2d_jax.model_presets import PRESETS
+
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one decoder. Hashable, so it can be a static jit argument."""
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    rope_theta: float = 10_000.0
+    # Llama 3 frequency scaling: (factor, low_freq_factor, high_freq_factor, original_max_len).
+    rope_scaling: tuple[float, float, float, int] | None = None
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = False
+    qk_norm: bool = False
+    attention_bias: bool = False
+    max_seq_len: int = 4096
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    family: str = "qwen3"  # "qwen3" | "llama": which HF architecture `hf_io.save_hf` writes.
+
+    def __post_init__(self):
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
+            )
+        if self.family not in ("qwen3", "llama"):
+            raise ValueError(f"family must be 'qwen3' or 'llama', got {self.family!r}")
+        for field in ("param_dtype", "compute_dtype"):
+            if getattr(self, field) not in ("float32", "bfloat16"):
+                raise ValueError(
+                    f"{field} must be 'float32' or 'bfloat16', got {getattr(self, field)!r}"
+                )
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> ModelConfig:
+        """A named configuration (published dimensions for real models); `overrides` replace fields."""
+        if name not in PRESETS:
+            raise KeyError(
+                f"unknown model preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
+            )
+        return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_hf_config(cls, hf: dict, **overrides) -> ModelConfig:
+        """From a Hugging Face `config.json` dict (transformers v4 or v5 layout)."""
+        arch = (hf.get("architectures") or [None])[0]
+        model_type = hf.get("model_type")
+        if model_type == "qwen3" or arch == "Qwen3ForCausalLM":
+            family = "qwen3"
+        elif model_type == "llama" or arch == "LlamaForCausalLM":
+            family = "llama"
+        else:
+            raise ValueError(
+                f"unsupported architecture {arch!r} (model_type {model_type!r}); "
+                "supported: Qwen3ForCausalLM, LlamaForCausalLM"
+            )
+        if hf.get("mlp_bias"):
+            raise ValueError(
+                "mlp_bias=true is not supported (no Qwen3 or Llama 3 checkpoint uses it)"
+            )
+        # v5 keeps rope settings in `rope_parameters`; v4 in `rope_theta` + `rope_scaling`.
+        rope = dict(hf.get("rope_scaling") or {})
+        rope.update(hf.get("rope_parameters") or {})
+        theta = rope.get("rope_theta", hf.get("rope_theta", 10_000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type == "llama3":
+            scaling = (
+                float(rope["factor"]),
+                float(rope["low_freq_factor"]),
+                float(rope["high_freq_factor"]),
+                int(rope["original_max_position_embeddings"]),
+            )
+        elif rope_type == "default":
+            scaling = None
+        else:
+            raise ValueError(f"unsupported rope_type {rope_type!r}; supported: default, llama3")
+        n_heads = hf["num_attention_heads"]
+        fields = dict(
+            vocab_size=hf["vocab_size"],
+            d_model=hf["hidden_size"],
+            n_layers=hf["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
+            mlp_dim=hf["intermediate_size"],
+            rope_theta=float(theta),
+            rope_scaling=scaling,
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            qk_norm=family == "qwen3",
+            attention_bias=bool(hf.get("attention_bias", False)),
+            max_seq_len=int(hf.get("max_position_embeddings", 4096)),
+            family=family,
+        )
+        return cls(**{**fields, **overrides})
+
+
+def _dtype(name: str):
+    return jnp.dtype(name)
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, Any]:
+    """{name: (shape, logical axes)} for every parameter; the one place the layout is declared."""
+    L, D, H, K, Dh, F, V = (
+        cfg.n_layers,
+        cfg.d_model,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        cfg.mlp_dim,
+        cfg.vocab_size,
+    )
+    layer = {
+        "attn_norm": ((L, D), ("layers", "norm")),
+        "wq": ((L, D, H, Dh), ("layers", "embed", "heads", "head_dim")),
+        "wk": ((L, D, K, Dh), ("layers", "embed", "kv_heads", "head_dim")),
+        "wv": ((L, D, K, Dh), ("layers", "embed", "kv_heads", "head_dim")),
+        "wo": ((L, H, Dh, D), ("layers", "heads", "head_dim", "embed")),
+        "mlp_norm": ((L, D), ("layers", "norm")),
+        "w_gate": ((L, D, F), ("layers", "embed", "mlp")),
+        "w_up": ((L, D, F), ("layers", "embed", "mlp")),
+        "w_down": ((L, F, D), ("layers", "mlp", "embed")),
+    }
+    if cfg.qk_norm:
+        layer["q_norm"] = ((L, Dh), ("layers", "norm"))
+        layer["k_norm"] = ((L, Dh), ("layers", "norm"))
+    if cfg.attention_bias:
+        layer["bq"] = ((L, H, Dh), ("layers", "heads", "head_dim"))
+        layer["bk"] = ((L, K, Dh), ("layers", "kv_heads", "head_dim"))
+        layer["bv"] = ((L, K, Dh), ("layers", "kv_heads", "head_dim"))
+        layer["bo"] = ((L, D), ("layers", "embed"))
+    tree = {
+        "embed": ((V, D), ("vocab", "embed")),
+        "layers": layer,
+        "final_norm": ((D,), ("norm",)),
+    }
+    if not cfg.tie_embeddings:
+        tree["lm_head"] = ((D, V), ("embed", "vocab"))
+    return tree
+
+
+def _is_leaf(x) -> bool:
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], tuple)
+
+
+def param_axes(cfg: ModelConfig) -> Params:
+    """Same tree as the params; each leaf is the tuple of logical axis names of that parameter."""
+    return jax.tree.map(lambda leaf: leaf[1], param_shapes(cfg), is_leaf=_is_leaf)
+
+
+def abstract_params(cfg: ModelConfig) -> Params:
+    """Params as `jax.ShapeDtypeStruct`s: shapes without memory (for checkpoints and compilation)."""
+    dtype = _dtype(cfg.param_dtype)
+    return jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf[0], dtype), param_shapes(cfg), is_leaf=_is_leaf
+    )
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array, std: float = 0.02) -> Params:
+    """Random init: normal(std) matrices (output projections scaled by 1/sqrt(2L)), unit norms, zero biases."""
+    shapes = param_shapes(cfg)
+    dtype = _dtype(cfg.param_dtype)
+    out_proj_std = std / math.sqrt(
+        2 * cfg.n_layers
+    )  # keeps the residual stream's scale depth-independent
+
+    def init_one(path, leaf):
+        (shape, axes), name = leaf, path[-1].key
+        if axes[-1] == "norm":
+            return jnp.ones(shape, dtype)
+        if name in ("bq", "bk", "bv", "bo"):
+            return jnp.zeros(shape, dtype)
+        key = jax.random.fold_in(rng, zlib.crc32(jax.tree_util.keystr(path).encode()))
+        scale = out_proj_std if name in ("wo", "w_down") else std
+        return (scale * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+    return jax.tree_util.tree_map_with_path(init_one, shapes, is_leaf=_is_leaf)
+
+
+def count_params(params: Params) -> int:
+    """Total number of parameters in a params (or abstract params) tree."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """[..., D] -> [..., D]; statistics in float32 (as transformers), result in x.dtype."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def rope_frequencies(cfg: ModelConfig) -> jax.Array:
+    """Inverse frequencies [Dh/2] float32, with Llama 3 scaling when configured."""
+    inv_freq = 1.0 / (
+        cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim)
+    )
+    if cfg.rope_scaling is None:
+        return inv_freq
+    factor, low, high, old_len = cfg.rope_scaling
+    wavelen = 2 * math.pi / inv_freq
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    # Long wavelengths are slowed by `factor`, short ones kept; the band between is interpolated.
+    scaled = jnp.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    interpolated = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(is_medium, interpolated, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate [B, T, H, Dh] by positions [B, T] (rotate-half convention of transformers)."""
+    angles_BTF = positions[..., None].astype(jnp.float32) * inv_freq
+    cos = jnp.cos(jnp.concatenate([angles_BTF, angles_BTF], -1))[:, :, None, :]
+    sin = jnp.sin(jnp.concatenate([angles_BTF, angles_BTF], -1))[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], -1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
+    """Positions [B, T] that count only real tokens, so left and right padding give equal logits."""
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def attention(q_BTHD, k_BSKD, v_BSKD, visible_BTS) -> jax.Array:
+    """Grouped-query softmax attention; scores in float32. Returns [B, T, H, Dh]."""
+    B, T, H, Dh = q_BTHD.shape
+    K = k_BSKD.shape[2]
+    q_BTKGD = q_BTHD.reshape(B, T, K, H // K, Dh)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(Dh)
+    # A finite fill keeps fully-masked rows (padding queries) free of NaN.
+    scores = jnp.where(visible_BTS[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BSKD.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BSKD)
+    return out.reshape(B, T, H, Dh)
+
+
+def _layer(cfg: ModelConfig, x_BTD, p, positions_BT, inv_freq, kv, visible_BTS, cache_index):
+    """One pre-norm decoder block. `kv` is None (no cache) or this layer's (k, v) cache [B, S, K, Dh]."""
+    dt = x_BTD.dtype
+    h = rms_norm(x_BTD, p["attn_norm"], cfg.norm_eps)
+    q = jnp.einsum("btd,dhk->bthk", h, p["wq"].astype(dt))
+    k = jnp.einsum("btd,dhk->bthk", h, p["wk"].astype(dt))
+    v = jnp.einsum("btd,dhk->bthk", h, p["wv"].astype(dt))
+    if cfg.attention_bias:
+        q, k, v = q + p["bq"].astype(dt), k + p["bk"].astype(dt), v + p["bv"].astype(dt)
+    if cfg.qk_norm:
+        q = rms_norm(q, p["q_norm"], cfg.norm_eps)
+        k = rms_norm(k, p["k_norm"], cfg.norm_eps)
+    q = apply_rope(q, positions_BT, inv_freq)
+    k = apply_rope(k, positions_BT, inv_freq)
+    if kv is not None:
+        cache_k, cache_v = kv
+        k = jax.lax.dynamic_update_slice_in_dim(
+            cache_k, k.astype(cache_k.dtype), cache_index, axis=1
+        )
+        v = jax.lax.dynamic_update_slice_in_dim(
+            cache_v, v.astype(cache_v.dtype), cache_index, axis=1
+        )
+        kv = (k, v)
+    attn = attention(q, k.astype(dt), v.astype(dt), visible_BTS)
+    out = jnp.einsum("bthk,hkd->btd", attn, p["wo"].astype(dt))
+    if cfg.attention_bias:
+        out = out + p["bo"].astype(dt)
+    x_BTD = x_BTD + out
+    h = rms_norm(x_BTD, p["mlp_norm"], cfg.norm_eps)
+    gate = jnp.einsum("btd,df->btf", h, p["w_gate"].astype(dt))
+    up = jnp.einsum("btd,df->btf", h, p["w_up"].astype(dt))
+    x_BTD = x_BTD + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, p["w_down"].astype(dt))
+    return x_BTD, kv
+
+
+def _run_layers(cfg, params, tokens_BT, positions_BT, visible_BTS, cache=None, cache_index=0):
+    dt = _dtype(cfg.compute_dtype)
+    x = params["embed"].astype(dt)[tokens_BT]
+    inv_freq = rope_frequencies(cfg)
+
+    def body(x, layer):
+        p, kv = layer
+        x, kv = _layer(cfg, x, p, positions_BT, inv_freq, kv, visible_BTS, cache_index)
+        return x, kv
+
+    kvs = None if cache is None else (cache["k"], cache["v"])
+    x, kvs = jax.lax.scan(body, x, (params["layers"], kvs))
+    x = rms_norm(x, params["final_norm"], cfg.norm_eps)
+    new_cache = None if cache is None else {"k": kvs[0], "v": kvs[1]}
+    return x, new_cache
+
+
+def unembedding(cfg: ModelConfig, params: Params) -> jax.Array:
+    """The output projection [D, V] (the transposed embedding when tied)."""
+    return params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+
+
+def logits_from_hidden(cfg: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
+    """[..., D] -> [..., V] float32 logits."""
+    w = unembedding(cfg, params).astype(hidden.dtype)
+    return jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32)
+
+
+def _causal_visible(attention_mask_BT: jax.Array) -> jax.Array:
+    T = attention_mask_BT.shape[1]
+    causal_TT = jnp.tril(jnp.ones((T, T), bool))
+    return causal_TT[None] & attention_mask_BT[:, None, :].astype(bool)
+
+
+def forward_hidden(cfg: ModelConfig, params: Params, tokens: jax.Array, attention_mask: jax.Array):
+    """Final-normed hidden states [B, T, D] (compute dtype) for tokens [B, T] and mask [B, T]."""
+    positions = positions_from_mask(attention_mask)
+    hidden, _ = _run_layers(cfg, params, tokens, positions, _causal_visible(attention_mask))
+    return hidden
+
+
+def forward(cfg: ModelConfig, params: Params, tokens: jax.Array, attention_mask: jax.Array):
+    """Logits [B, T, V] float32 for tokens [B, T] int32 with attention_mask [B, T] bool.
+
+    Positions follow the mask (left or right padding give the same logits on real tokens); rows
+    at padding positions are finite but meaningless.
+    """
+    return logits_from_hidden(cfg, params, forward_hidden(cfg, params, tokens, attention_mask))
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> Params:
+    """Zeroed KV cache {"k", "v"}: [L, B, S, K, Dh] each, in the compute dtype."""
+    shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+    dt = _dtype(cfg.compute_dtype)
+    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+
+
+def cache_axes() -> Params:
+    """Logical axes of the KV cache leaves."""
+    axes = ("layers", "act_batch", "act_len", "act_kv_heads", "head_dim")
+    return {"k": axes, "v": axes}
+
+
+def decode(
+    cfg: ModelConfig,
+    params: Params,
+    tokens: jax.Array,
+    positions: jax.Array,
+    cache: Params,
+    cache_index: jax.Array,
+    kv_mask: jax.Array,
+):
+    """Run tokens [B, T] at cache slots cache_index..cache_index+T-1; returns (logits [B,T,V], cache).
+
+    `positions` [B, T] are rope positions; `kv_mask` [B, S] marks the cache slots that hold real
+    tokens, *including* the T slots written by this call. A query at slot s sees slots <= s. Prefill
+    is one call with T = prompt length at index 0; each decode step is a call with T = 1.
+    """
+    T = tokens.shape[1]
+    S = cache["k"].shape[2]
+    query_slot_T = cache_index + jnp.arange(T)
+    causal_TS = jnp.arange(S)[None, :] <= query_slot_T[:, None]
+    visible_BTS = causal_TS[None] & kv_mask[:, None, :].astype(bool)
+    hidden, cache = _run_layers(cfg, params, tokens, positions, visible_BTS, cache, cache_index)
+    return logits_from_hidden(cfg, params, hidden), cache
