@@ -1,0 +1,232 @@
+r"""Math answer grading: extract the final answer from model text and check it against a reference.
+
+    rewards.extract_answer(text)                          # last \boxed{..}/\fbox{..} or "#### N"
+    rewards.math_reward(response, reference)              # 1.0 / 0.0, one comparison
+    with rewards.Grader(workers=2, timeout_s=5.0) as grader:
+        rewards_B, stats = grader.grade(responses, references)   # a rollout batch, [B] float32
+    rewards.batch_reward(responses, references, workers=2)       # the same with a one-off pool
+
+Order of checks per response: no extracted answer -> 0.0 ("reward/no_answer", no worker round
+trip); answer longer than `max_answer_chars` -> 0.0 ("reward/too_long"); equal strings after
+`normalize_answer` -> 1.0; otherwise math-verify in a worker process (`grading_pool`), where an
+overrun ("reward/timeouts") or an exception ("reward/errors") gives 0.0.
+
+Model text is untrusted. What math-verify 0.9.0 / latex2sympy2_extended 1.11.0 do with strings,
+read from their source:
+- `parse` with `LatexExtractionConfig` finds LaTeX by regex, normalises it with string operations
+  and converts it with the ANTLR LaTeX grammar into sympy objects built by constructors
+  (`Symbol`, `Function(name)`, `Rational`, ...): no eval. The one string parse on this path is
+  `sympy.Number(text)` on the grammar's NUMBER tokens, which calls `sympify` on digit strings.
+- `parse` with `ExprExtractionConfig` (a default target) calls `sympy.parse_expr` on a regex match
+  made only of digits, `.`, spaces and `+-*/^()×÷`. It is not used here (LaTeX target only).
+- `verify` works on parsed sympy objects or compares strings with `==`; it never parses text.
+- latex2sympy2's `parse_expr` on `variable_values` is only reached when a caller passes them.
+- sympy itself sympifies constant names (unit prefixes) when `simplify` first imports
+  sympy.physics.units; recording every string that reaches sympy's parser while grading MATH-500
+  and the injection probes (tests/test_rewards.py) showed only numbers and such names.
+We never call eval/exec/sympify/parse_expr/S on model text, and the worker additionally wraps
+sympy's string parser (`grading_worker.parse_guard`) to refuse anything but a number or a name.
+"""
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from s2d_jax.grading_pool import VerifierPool
+
+# GSM8K's final line, "#### 1,234". The number is required (model text also has markdown
+# "#### Step 2" headings). The pattern has no nested quantifiers, so matching stays linear.
+_GSM8K_ANSWER = re.compile(r"####[ \t]*(\$?-?\d[\d,]*(?:\.\d+)?)[ \t]*\.?[ \t]*$", re.MULTILINE)
+_BRACE_TOKEN = re.compile(r"\\.|[{}]", re.DOTALL)  # escaped characters (\{ \}) are not grouping
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+# `\boxed 5`: the run of non-space characters after the space, up to a closing `$`.
+_BARE_BOX_ARGUMENT = re.compile(r"[ \t]+([^\s$]+)")
+
+
+def _braced_group(text: str, open_index: int) -> str | None:
+    """Content of the brace group opening at `open_index`, or None when it never closes."""
+    depth = 0
+    for token in _BRACE_TOKEN.finditer(text, open_index):
+        if token.group() == "{":
+            depth += 1
+        elif token.group() == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_index + 1 : token.start()]
+    return None
+
+
+def _box_content(text: str, start: int, command: str) -> str | None:
+    after = start + len(command)
+    rest = text[after : after + 1]
+    if rest == "{":
+        return _braced_group(text, after)
+    match = _BARE_BOX_ARGUMENT.match(text, after)
+    return match.group(1).rstrip(".,;:") if match else None
+
+
+def extract_answer(text: str) -> str | None:
+    r"""The final answer in `text`: the last `\boxed{...}`, `\fbox{...}` or GSM8K `#### N`.
+
+    Whichever marker comes last wins. Nested braces are matched; `\{`/`\}` do not count. An
+    unclosed or empty last box gives None (a truncated answer is not an answer), as does text
+    without any marker. Linear in `len(text)`.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"extract_answer expects model text as str, got {type(text).__name__}")
+    box_start, box_command = max((text.rfind(c), c) for c in _BOX_COMMANDS)
+    gsm_match = None
+    for gsm_match in _GSM8K_ANSWER.finditer(text):  # noqa: B007 - we want the last match
+        pass
+    if gsm_match is not None and gsm_match.start() > box_start:
+        answer = gsm_match.group(1)
+    elif box_start >= 0:
+        answer = _box_content(text, box_start, box_command)
+    else:
+        return None
+    if answer is None or not answer.strip():
+        return None
+    return answer.strip()
+
+
+_SUBSTITUTIONS = [
+    (re.compile(r"\\[dt]frac(?![a-zA-Z])"), r"\\frac"),
+    (re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big)(?![a-zA-Z])\.?"), ""),
+    (re.compile(r"\\(?:displaystyle|textstyle|q?quad)(?![a-zA-Z])|~"), " "),
+    (re.compile(r"\\[,;:! ]"), ""),  # thin spaces, also inside numbers: 1\,000 and 1,\!000
+    (re.compile(r"\\?\$"), ""),  # dollar signs, as currency or math delimiters
+    (re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°"), ""),  # degrees
+    (re.compile(r"(?<!\\)%"), r"\\%"),  # a bare % is a LaTeX comment; math-verify reads \%
+    (re.compile(r"\{,\}"), ","),  # 1{,}000
+    (re.compile(r"\s+"), " "),
+]
+_TRAILING_UNIT = re.compile(
+    r"(.*\d)\s*\\(?:text|textrm|mathrm|mbox)\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\s*\^\s*\{?\d\}?)?"
+)
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_DECIMAL = re.compile(r"-?\d+\.\d*")
+_CHOICE = re.compile(r"\\text\{\s*\(?([A-E])\)?\s*\}|\(([A-E])\)")
+
+
+def normalize_answer(answer: str) -> str:
+    r"""Canonical string form of an answer, kept in LaTeX that math-verify still reads.
+
+    Drops `\left`/`\right`, spacing commands, dollar signs, degrees and a trailing `\text{unit}`
+    after a number; `\dfrac`/`\tfrac` -> `\frac`; `%` -> `\%`; `1,000` -> `1000`; `2.50` -> `2.5`;
+    `\text{(C)}` -> `C`; collapses spaces and drops one trailing period.
+    """
+    s = answer.strip()
+    for pattern, replacement in _SUBSTITUTIONS:
+        s = pattern.sub(replacement, s)
+    s = s.strip()
+    if s.endswith(".") and not s.endswith(".."):
+        s = s[:-1].rstrip()
+    if match := _TRAILING_UNIT.fullmatch(s):
+        s = match.group(1)
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
+    if _DECIMAL.fullmatch(s):
+        s = s.rstrip("0").rstrip(".")
+    if match := _CHOICE.fullmatch(s):
+        s = match.group(1) or match.group(2)
+    return s
+
+
+def _same_string(a: str, b: str) -> bool:
+    return a.replace(" ", "") == b.replace(" ", "")
+
+
+class Grader:
+    """Grades batches of responses; keeps its worker processes between calls.
+
+    Use as a context manager (or call `close()`); workers start on the first `grade` call or
+    on `start()`. Safe to call from any thread, and from inside worker processes.
+    """
+
+    def __init__(
+        self,
+        workers: int = 2,
+        timeout_s: float = 5.0,
+        *,
+        max_answer_chars: int = 2000,
+        memory_limit_mb: int = 4096,
+    ):
+        self.max_answer_chars = max_answer_chars
+        self._pool = VerifierPool(workers, timeout_s, memory_limit_mb=memory_limit_mb)
+
+    def __enter__(self) -> "Grader":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def start(self, wait: bool = True) -> None:
+        """Start the worker processes now (with `wait`, until they are ready)."""
+        self._pool.start(wait=wait)
+
+    def grade(
+        self, responses: Sequence[str], references: Sequence[str]
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """Rewards [B] float32 in {0, 1} for B responses against B reference answers, and stats.
+
+        A reference is a bare final answer (e.g. "\\frac{1}{2}", "18"), not a worked solution.
+        """
+        if len(responses) != len(references):
+            raise ValueError(
+                f"got {len(responses)} responses but {len(references)} references; "
+                "expected one reference answer per response"
+            )
+        rewards_B = np.zeros(len(responses), np.float32)
+        counts = dict.fromkeys(("no_answer", "too_long", "timeouts", "errors"), 0)
+        pairs, indices = [], []
+        for i, (response, reference) in enumerate(zip(responses, references, strict=True)):
+            if not isinstance(reference, str) or not reference.strip():
+                raise ValueError(f"reference {i} must be a non-empty answer string: {reference!r}")
+            answer = extract_answer(response)
+            if answer is None:
+                counts["no_answer"] += 1
+            elif len(answer) > self.max_answer_chars:
+                counts["too_long"] += 1
+            elif _same_string(normalize_answer(answer), normalize_answer(reference)):
+                rewards_B[i] = 1.0
+            else:
+                pairs.append((normalize_answer(answer), normalize_answer(reference)))
+                indices.append(i)
+        outcomes = self._pool.verify(pairs) if pairs else []
+        for i, outcome in zip(indices, outcomes, strict=True):
+            rewards_B[i] = float(outcome == "correct")
+        counts["timeouts"] = outcomes.count("timeout")
+        counts["errors"] = outcomes.count("error")
+        stats = {f"reward/{name}": float(n) for name, n in counts.items()}
+        stats["reward/verifier_calls"] = float(len(pairs))
+        stats["reward/mean"] = float(rewards_B.mean()) if len(rewards_B) else 0.0
+        return rewards_B, stats
+
+
+def batch_reward(
+    responses: Sequence[str],
+    references: Sequence[str],
+    *,
+    workers: int = 2,
+    timeout_s: float = 5.0,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Rewards [B] float32 and stats for one batch, with a pool started and stopped for it.
+
+    Pays process start-up (about a second) per call; a training loop should keep a `Grader`.
+    """
+    with Grader(workers, timeout_s) as grader:
+        return grader.grade(responses, references)
+
+
+def math_reward(response: str, reference: str, *, timeout_s: float = 5.0) -> float:
+    """1.0 if the final answer in `response` is equivalent to `reference`, else 0.0.
+
+    Runs the same checks as `Grader.grade`; only a case the string screen cannot settle starts a
+    worker process.
+    """
+    rewards_B, _ = batch_reward([response], [reference], workers=1, timeout_s=timeout_s)
+    return float(rewards_B[0])
