@@ -1,0 +1,402 @@
+"""Train state, optimizer and the jitted update steps of every stage; frozen-model scoring.
+
+One update is `train_step(state, batch, *, cfg, model_cfg)`; the objectives that need the frozen
+teacher's full distribution or log-probs use `distill_step(state, teacher_params, batch, *, cfg,
+model_cfg, teacher_cfg)`. Both are pure module-level functions of a `TrainState` pytree; jit them
+with `jit_train_step`, which donates the state.
+
+Batch (causal LM convention: position t scores token t+1, so per-token arrays are [B, T-1]):
+    tokens [B, T] int32, attention_mask [B, T] bool, loss_mask [B, T-1] (which targets count)
+    grpo:               old_logprobs [B, T-1], advantages [B], ref_logprobs [B, T-1] if kl_coef
+    sampled_reverse_kl: old_logprobs [B, T-1] (teacher log-probs are computed in the step)
+Logits are never materialised for the whole batch: the losses go through `kl_chunked`.
+
+    opt = OptimizerConfig(lr=1e-6)
+    state = init_train_state(model_cfg, opt, params, seed)
+    step = jit_train_step(StepConfig("grpo", opt), model_cfg)
+    state, metrics = step(state, batch)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from s2d_jax import kl_chunked, losses, model
+
+OBJECTIVES = ("grpo", "forward_kl", "forward_kl_hard", "reverse_kl", "sampled_reverse_kl", "sft")
+TEACHER_OBJECTIVES = ("forward_kl", "reverse_kl", "sampled_reverse_kl")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with global-norm clipping; lr constant or cosine to 0, after a linear warmup."""
+
+    lr: float = 1e-6
+    schedule: str = "constant"  # "constant" | "cosine"
+    warmup_steps: int = 0
+    total_steps: int = 0  # cosine decays to 0 at total_steps
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # on every parameter, as torch AdamW in verl
+    grad_clip: float = 1.0  # 0: no clipping
+
+    def __post_init__(self):
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(
+                f"OptimizerConfig.schedule must be 'constant' or 'cosine', got {self.schedule!r}"
+            )
+        if self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ValueError("OptimizerConfig: warmup_steps and grad_clip must be >= 0")
+
+
+def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
+    """Learning rate as a function of the number of applied updates.
+
+    (total_steps may be left 0 in a config and filled in when the stage's length is known, so
+    the cosine check is here rather than in OptimizerConfig.)
+    """
+    if cfg.schedule == "cosine":
+        if cfg.total_steps <= cfg.warmup_steps:
+            raise ValueError(
+                f"OptimizerConfig: cosine needs total_steps ({cfg.total_steps}) > warmup_steps "
+                f"({cfg.warmup_steps})"
+            )
+        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, cfg.total_steps)
+    if cfg.warmup_steps:
+        warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
+        return optax.join_schedules([warmup, optax.constant_schedule(cfg.lr)], [cfg.warmup_steps])
+    return optax.constant_schedule(cfg.lr)
+
+
+def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+    """clip_by_global_norm -> AdamW; the learning rate is kept in the state (see `learning_rate`)."""
+    clip = optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip else optax.identity()
+    adamw = optax.inject_hyperparams(optax.adamw)(
+        learning_rate=learning_rate_schedule(cfg),
+        b1=cfg.b1,
+        b2=cfg.b2,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+    )
+    return optax.chain(clip, adamw)
+
+
+def learning_rate(opt_state) -> jax.Array:
+    """The learning rate of the last applied update (of the first, before any)."""
+    return opt_state[1].hyperparams["learning_rate"]
+
+
+@flax.struct.dataclass
+class TrainState:
+    params: Any
+    opt_state: Any
+    step: jax.Array  # int32 []: attempted updates, skipped ones included (the data position)
+    rng: jax.Array  # per-step randomness is fold_in(rng, step)
+
+
+def init_train_state(
+    model_cfg: model.ModelConfig, opt_cfg: OptimizerConfig, params, rng: jax.Array | int
+) -> TrainState:
+    """A fresh state. params are copied: the steps donate the state, and the caller's arrays
+    (e.g. the same params serving as the GRPO reference) must stay valid."""
+    want = jax.tree.map(lambda x: (x.shape, jnp.dtype(x.dtype)), model.abstract_params(model_cfg))
+    got = jax.tree.map(lambda x: (x.shape, jnp.dtype(x.dtype)), params)
+    if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
+        raise ValueError(
+            "init_train_state: params do not match the ModelConfig (shapes/dtypes of "
+            "model.abstract_params(model_cfg)); was the right checkpoint loaded?"
+        )
+    key = jax.random.key(int(rng)) if isinstance(rng, int | np.integer) else rng
+    params = jax.tree.map(jnp.copy, params)
+    return TrainState(params, make_optimizer(opt_cfg).init(params), jnp.zeros((), jnp.int32), key)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """What one update optimises. Hashable: a static argument of the jitted step."""
+
+    objective: str  # one of OBJECTIVES
+    optimizer: OptimizerConfig = OptimizerConfig()
+    micro_batches: int = 1  # gradient accumulation: B is split into this many equal parts
+    chunk_size: int = 512  # tokens per chunk of the full-vocabulary terms
+    vocab_chunk: int | None = 8192  # vocabulary slice of their backward pass (None: whole)
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None  # None: symmetric clipping
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    aggregation: str = "token"  # "token" | "sequence" | "dr_grpo"
+    dr_grpo_max_len: int | None = None  # Dr. GRPO's constant normaliser; None: T - 1
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"StepConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}"
+            )
+        if self.aggregation not in losses.AGGREGATIONS:
+            raise ValueError(f"StepConfig.aggregation must be one of {losses.AGGREGATIONS}")
+        if self.kl_estimator not in losses.KL_ESTIMATORS:
+            raise ValueError(f"StepConfig.kl_estimator must be one of {losses.KL_ESTIMATORS}")
+        if self.micro_batches < 1:
+            raise ValueError(f"StepConfig.micro_batches must be >= 1, got {self.micro_batches}")
+
+    def batch_keys(self) -> tuple[str, ...]:
+        """The batch entries this objective reads."""
+        keys = ("tokens", "attention_mask", "loss_mask")
+        if self.objective == "grpo":
+            keys += ("old_logprobs", "advantages") + (("ref_logprobs",) if self.kl_coef else ())
+        if self.objective == "sampled_reverse_kl":
+            keys += ("old_logprobs",)
+        return keys
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+def _hidden(model_cfg, params, batch):
+    """Hidden states [B, T-1, D] that score targets [B, T-1], and the unembedding [D, V]."""
+    hidden = model.forward_hidden(model_cfg, params, batch["tokens"], batch["attention_mask"])
+    return hidden[:, :-1], model.unembedding(model_cfg, params)
+
+
+def _chunks(cfg: StepConfig) -> dict:
+    return {"chunk_size": cfg.chunk_size, "vocab_chunk": cfg.vocab_chunk}
+
+
+def _logprob_objective(cfg, student, teacher, batch):
+    targets, mask = batch["tokens"][:, 1:], batch["loss_mask"]
+    logprobs = kl_chunked.token_logprobs_chunked(*student, targets, **_chunks(cfg))
+    if cfg.objective == "grpo":
+        return losses.grpo_loss(
+            logprobs,
+            batch["old_logprobs"],
+            batch["advantages"],
+            mask,
+            clip_eps=cfg.clip_eps,
+            clip_eps_high=cfg.clip_eps_high,
+            ref_logprobs=batch["ref_logprobs"] if cfg.kl_coef else None,
+            kl_coef=cfg.kl_coef,
+            kl_estimator=cfg.kl_estimator,
+            aggregation=cfg.aggregation,
+            max_len=cfg.dr_grpo_max_len,
+        )
+    if cfg.objective == "sampled_reverse_kl":
+        teacher_lp = kl_chunked.token_logprobs_chunked(*teacher, targets, **_chunks(cfg))
+        teacher_lp = jax.lax.stop_gradient(teacher_lp)
+        return losses.sampled_reverse_kl_loss(logprobs, batch["old_logprobs"], teacher_lp, mask)
+    return losses.nll_loss(logprobs, mask)  # sft, forward_kl_hard
+
+
+def _full_kl_objective(cfg, student, teacher, batch):
+    fn = {
+        "forward_kl": kl_chunked.forward_kl_loss_chunked,
+        "reverse_kl": kl_chunked.reverse_kl_loss_chunked,
+    }[cfg.objective]
+    targets, mask = batch["tokens"][:, 1:], batch["loss_mask"]
+    return fn(*student, *teacher, mask, targets, **_chunks(cfg))
+
+
+# One explicit table: which function computes each objective from (student, teacher, batch).
+_OBJECTIVE_FNS = {
+    "grpo": _logprob_objective,
+    "sft": _logprob_objective,
+    "forward_kl_hard": _logprob_objective,
+    "sampled_reverse_kl": _logprob_objective,
+    "forward_kl": _full_kl_objective,
+    "reverse_kl": _full_kl_objective,
+}
+
+
+def _normaliser(cfg: StepConfig, batch) -> jax.Array:
+    """The denominator of the objective's mean over this batch: micro-batch gradients weighted by
+    their share of it sum to the gradient of the whole batch."""
+    mask = batch["loss_mask"] > 0
+    if cfg.objective == "grpo" and cfg.aggregation == "sequence":
+        return jnp.sum(jnp.any(mask, axis=1).astype(jnp.float32))
+    if cfg.objective == "grpo" and cfg.aggregation == "dr_grpo":
+        return jnp.asarray(mask.shape[0], jnp.float32)
+    return jnp.sum(mask.astype(jnp.float32))
+
+
+def _loss_and_grads(params, teacher_params, batch, cfg, model_cfg, teacher_cfg):
+    """(loss, metrics), grads of the objective over the batch, accumulated over micro-batches."""
+
+    def loss_fn(params, batch):
+        teacher = None
+        if cfg.objective in TEACHER_OBJECTIVES:  # frozen: never differentiated
+            teacher = jax.lax.stop_gradient(_hidden(teacher_cfg, teacher_params, batch))
+        return _OBJECTIVE_FNS[cfg.objective](cfg, _hidden(model_cfg, params, batch), teacher, batch)
+
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+    M = cfg.micro_batches
+    if M == 1:
+        return value_and_grad(params, batch)
+    B = batch["tokens"].shape[0]
+    if B % M:
+        raise ValueError(f"batch size {B} is not a multiple of StepConfig.micro_batches = {M}")
+
+    # Micro-batch i takes rows i, i+M, i+2M, ...: a batch sharded in contiguous blocks over the
+    # data axis then gives every device its share of each micro-batch, with no resharding.
+    def split(x):
+        return jnp.swapaxes(x.reshape((B // M, M) + x.shape[1:]), 0, 1)
+
+    micro = jax.tree.map(split, batch)
+    total = jnp.maximum(_normaliser(cfg, batch), 1.0)
+
+    def body(acc, mb):
+        (loss, metrics), grads = value_and_grad(params, mb)
+        weight = _normaliser(cfg, mb) / total
+        acc = jax.tree.map(lambda a, g: a + weight * g.astype(jnp.float32), acc, grads)
+        return acc, (weight, loss, metrics)
+
+    acc0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    grads, (weights, loss_M, metrics_M) = jax.lax.scan(body, acc0, micro)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+    return (jnp.sum(weights * loss_M), _combine_metrics(metrics_M, weights)), grads
+
+
+def _combine_metrics(metrics_M: dict, weights_M: jax.Array) -> dict:
+    """Micro-batch metrics [M] -> one value: counts summed, maxima maxed, the rest weighted means."""
+    out = {}
+    for key, values in metrics_M.items():
+        if key.endswith("/tokens"):
+            out[key] = jnp.sum(values)
+        elif "_max" in key:
+            out[key] = jnp.max(values)
+        else:
+            out[key] = jnp.sum(weights_M * values) / jnp.maximum(jnp.sum(weights_M), 1e-30)
+    return out
+
+
+def _update(state: TrainState, teacher_params, batch, cfg, model_cfg, teacher_cfg):
+    missing = [key for key in cfg.batch_keys() if key not in batch]
+    if missing:
+        raise KeyError(f"objective {cfg.objective!r} needs batch entries {missing}")
+    batch = {key: batch[key] for key in cfg.batch_keys()}
+    (loss, metrics), grads = _loss_and_grads(
+        state.params, teacher_params, batch, cfg, model_cfg, teacher_cfg
+    )
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = make_optimizer(cfg.optimizer).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # A non-finite loss or gradient skips the update: select the old arrays bit for bit.
+    keep_old = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+    new_state = state.replace(
+        params=keep_old(params, state.params),
+        opt_state=keep_old(opt_state, state.opt_state),
+        step=state.step + 1,
+    )
+    metrics |= {
+        "train/loss": loss,
+        "train/grad_norm": grad_norm,
+        "train/skipped": 1.0 - ok.astype(jnp.float32),
+        "train/lr": learning_rate(new_state.opt_state),
+    }
+    return new_state, metrics
+
+
+def train_step(state: TrainState, batch: dict, *, cfg: StepConfig, model_cfg: model.ModelConfig):
+    """One update of an objective that needs no teacher model (grpo, sft, forward_kl_hard)."""
+    if cfg.objective in TEACHER_OBJECTIVES:
+        raise ValueError(f"objective {cfg.objective!r} needs the teacher: use distill_step")
+    return _update(state, None, batch, cfg, model_cfg, None)
+
+
+def distill_step(
+    state: TrainState,
+    teacher_params,
+    batch: dict,
+    *,
+    cfg: StepConfig,
+    model_cfg: model.ModelConfig,
+    teacher_cfg: model.ModelConfig,
+):
+    """One update of forward_kl / reverse_kl / sampled_reverse_kl against the frozen teacher."""
+    if cfg.objective not in TEACHER_OBJECTIVES:
+        raise ValueError(f"objective {cfg.objective!r} takes no teacher: use train_step")
+    if teacher_cfg.vocab_size != model_cfg.vocab_size:
+        raise ValueError(
+            f"teacher vocab_size {teacher_cfg.vocab_size} != student vocab_size "
+            f"{model_cfg.vocab_size}: distillation needs a shared tokenizer"
+        )
+    return _update(state, teacher_params, batch, cfg, model_cfg, teacher_cfg)
+
+
+def jit_train_step(
+    cfg: StepConfig,
+    model_cfg: model.ModelConfig,
+    teacher_cfg: model.ModelConfig | None = None,
+    *,
+    state_sharding=None,
+    batch_sharding=None,
+    teacher_sharding=None,
+    compiler_options: dict | None = None,
+):
+    """The jitted step with the state donated: (state, batch) -> (state, metrics), or
+    (state, teacher_params, batch) for TEACHER_OBJECTIVES.
+
+    Shardings (NamedSharding pytrees, or one sharding for a whole argument) are optional; give
+    all of those the step's arguments need, or none (then they follow the inputs).
+    `compiler_options` go to XLA (e.g. {"xla_backend_optimization_level": 0} compiles faster).
+    """
+    if cfg.objective in TEACHER_OBJECTIVES:
+        if teacher_cfg is None:
+            raise ValueError(f"objective {cfg.objective!r} needs teacher_cfg")
+        fn = functools.partial(distill_step, cfg=cfg, model_cfg=model_cfg, teacher_cfg=teacher_cfg)
+        in_shardings = (state_sharding, teacher_sharding, batch_sharding)
+    else:
+        fn = functools.partial(train_step, cfg=cfg, model_cfg=model_cfg)
+        in_shardings = (state_sharding, batch_sharding)
+    kwargs = {"compiler_options": compiler_options}
+    if any(s is not None for s in in_shardings):
+        if any(s is None for s in in_shardings):
+            raise ValueError(
+                "jit_train_step: give a sharding for every argument of the step, or none"
+            )
+        kwargs |= {"in_shardings": in_shardings, "out_shardings": (state_sharding, None)}
+    return jax.jit(fn, donate_argnames=("state",), **kwargs)
+
+
+# ----------------------------------------------------------------------------- frozen models
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "chunk_size"))
+def score_tokens(cfg: model.ModelConfig, params, tokens, attention_mask, *, chunk_size: int = 512):
+    """Log-prob [B, T-1] float32 of tokens[:, 1:] under a frozen model; tokens/mask [B, T].
+
+    No gradient; runs where params and tokens live (sharded inputs give a sharded computation).
+    """
+    hidden, w = _hidden(cfg, params, {"tokens": tokens, "attention_mask": attention_mask})
+    lp = kl_chunked.token_logprobs_chunked(hidden, w, tokens[:, 1:], chunk_size=chunk_size)
+    return jax.lax.stop_gradient(lp)
+
+
+@functools.partial(jax.jit, static_argnames=("student_cfg", "teacher_cfg", "chunk_size"))
+def score_kl(
+    student_cfg: model.ModelConfig,
+    student_params,
+    teacher_cfg: model.ModelConfig,
+    teacher_params,
+    tokens,
+    attention_mask,
+    *,
+    chunk_size: int = 512,
+) -> dict[str, jax.Array]:
+    """Per-token diagnostics [B, T-1] of two frozen models on the same sequences [B, T]:
+    "forward" KL(teacher || student), "reverse" KL(student || teacher), "student_entropy",
+    "student_logprob", "teacher_logprob" (of tokens[:, 1:]). Reduce with `losses.kl_metrics`."""
+    batch = {"tokens": tokens, "attention_mask": attention_mask}
+    h_s, w_s = _hidden(student_cfg, student_params, batch)
+    h_t, w_t = _hidden(teacher_cfg, teacher_params, batch)
+    return kl_chunked.kl_token_stats_chunked(
+        h_s, w_s, h_t, w_t, tokens[:, 1:], grad=None, chunk_size=chunk_size
+    )
