@@ -3,8 +3,10 @@
 Flags, optional multi-host initialisation, global JAX flags, then `pipeline.run`. Nothing else.
 """
 
+import os
+
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from s2d_jax import pipeline
@@ -23,6 +25,13 @@ def main(argv):
     del argv
     if _DISTRIBUTED.value:
         jax.distributed.initialize()  # reads the coordinator from the TPU/cluster environment
+    # orbax logs every checkpoint at INFO; progress bars and stage summaries are the run's output.
+    logging.set_verbosity(logging.WARNING)
+    # Stages re-jit the same step functions; a persistent cache turns repeat compiles (10-20 s
+    # each on CPU) into loads, across stages and across runs.
+    cache_root = os.environ.get("S2D_JAX_CACHE") or os.path.expanduser("~/.cache/s2d_jax")
+    jax.config.update("jax_compilation_cache_dir", os.path.join(cache_root, "jax_compile"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     # Random bits that do not depend on how an array is sharded: results match across meshes.
     jax.config.update("jax_threefry_partitionable", True)
     pipeline.run(_CONFIG.value, _WORKDIR.value)

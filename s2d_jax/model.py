@@ -318,6 +318,10 @@ def _run_layers(cfg, params, tokens_BT, positions_BT, visible_BTS, cache=None, c
         x, kv = _layer(cfg, x, p, positions_BT, inv_freq, kv, visible_BTS, cache_index)
         return x, kv
 
+    if cache is None:
+        # Training path: recompute each layer in the backward pass instead of keeping its
+        # attention activations for all L layers (200 GiB -> 10 GiB for Qwen3-1.7B at 4k tokens).
+        body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
     kvs = None if cache is None else (cache["k"], cache["v"])
     x, kvs = jax.lax.scan(body, x, (params["layers"], kvs))
     x = rms_norm(x, params["final_norm"], cfg.norm_eps)

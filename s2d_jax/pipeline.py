@@ -1,23 +1,281 @@
-"""The stage driver. For now a smoke run: build a toy model and greedily decode with the KV cache."""
+"""The driver: run `config.stages` in order, each reading earlier stages' exports.
+
+    pipeline.run(config, workdir)
+
+Stage kinds live in one explicit dict, `STAGES`; baselines and ablations are configs that choose
+stages and their inputs. A stage writes `workdir/<name>/` (checkpoints, metrics.jsonl, TensorBoard,
+eval outputs, `params/` export, DONE); a finished stage is skipped on rerun, a killed one resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
-from s2d_jax import model
+from s2d_jax import (
+    checkpoints,
+    evaluate,
+    experiment,
+    hf_io,
+    model,
+    report,
+    rewards,
+    stage_loop,
+    stages,
+    tasks,
+    train,
+)
+
+STAGES = {
+    "sft": stages.sft_batches,
+    "grpo": stages.grpo_batches,
+    "forward_kl": stages.forward_kl_batches,
+    "on_policy_kl": stages.on_policy_kl_batches,
+    "eval": None,  # no training: evaluate init_from
+}
 
 
-def run(config, workdir):
-    del workdir
-    cfg = model.ModelConfig.preset(config.model)
-    params = model.init_params(cfg, jax.random.key(config.seed))
-    tokens = jnp.array([[1, 2, 3]])
-    cache = model.init_cache(cfg, 1, 3 + config.new_tokens)
-    kv_mask = jnp.zeros((1, 3 + config.new_tokens), bool).at[:, :3].set(True)
-    logits, cache = model.decode(cfg, params, tokens, jnp.arange(3)[None], cache, 0, kv_mask)
-    out = [int(logits[0, -1].argmax())]
-    for t in range(3, 3 + config.new_tokens - 1):
-        kv_mask = kv_mask.at[:, t].set(True)
-        step = jnp.array([[out[-1]]])
-        logits, cache = model.decode(cfg, params, step, jnp.array([[t]]), cache, t, kv_mask)
-        out.append(int(logits[0, -1].argmax()))
-    print(f"{config.model}: {model.count_params(params):,} params; greedy tokens {out}")
+@dataclasses.dataclass
+class Context:
+    """What every stage of one run shares."""
+
+    workdir: Path
+    seed: int
+    task: tasks.Task
+    models: dict
+    eval_cfg: experiment.EvalConfig
+    grader: rewards.Grader
+    nan_policy: str
+    mesh: object = None
+
+    @property
+    def pad_id(self) -> int:
+        return self.task.tokenizer.pad_id
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A validated config: what `run` will do, known before any compute."""
+
+    models: dict
+    stages: list
+    eval_cfg: experiment.EvalConfig
+    task_cfg: tasks.TaskConfig
+
+
+def validate(config) -> Plan:
+    """Check every key, reference and path of a config; no file is written, nothing is computed."""
+    models = experiment.parse_models(config)
+    stage_cfgs = experiment.parse_stages(config, models)
+    eval_cfg = experiment.parse_eval(config)
+    task_cfg = tasks.parse_task(config)
+    for spec in models.values():
+        if spec.hf_path:
+            model_config(spec, vocab_size=None)  # reads config.json, checks the preset's dims
+    if config.export_hf and config.export_hf not in [s.name for s in stage_cfgs]:
+        raise KeyError(f"config.export_hf = {config.export_hf!r} is not a stage of this config")
+    if config.nan_policy not in ("skip", "raise"):
+        raise ValueError(f"config.nan_policy = {config.nan_policy!r}; expected 'skip' or 'raise'")
+    return Plan(models, stage_cfgs, eval_cfg, task_cfg)
+
+
+def run(config, workdir) -> dict:
+    """Validate everything, then run the stages; returns {stage name: summary}."""
+    workdir = Path(workdir)
+    plan = validate(config)
+    models, stage_cfgs, eval_cfg, task_cfg = plan.models, plan.stages, plan.eval_cfg, plan.task_cfg
+    workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    # Teacher and student share one tokenizer (distillation needs it); the student's comes first.
+    tokenizer_source = next(
+        (m.hf_path for _, m in sorted(models.items(), reverse=True) if m.hf_path), ""
+    )
+    task = tasks.Task(task_cfg, tasks.build_tokenizer(task_cfg, workdir, tokenizer_source))
+    summaries = {}
+    with rewards.Grader(workers=config.grader_workers, timeout_s=config.grader_timeout_s) as grader:
+        ctx = Context(workdir, config.seed, task, models, eval_cfg, grader, config.nan_policy)
+        for stage in stage_cfgs:
+            stage_dir = workdir / stage.name
+            if checkpoints.is_done(stage_dir):
+                summaries[stage.name] = checkpoints.done_summary(stage_dir)
+                print(f"[{stage.name}] finished earlier: skipped")
+                continue
+            summaries[stage.name] = run_stage(ctx, stage, stage_dir)
+            checkpoints.mark_done(stage_dir, summaries[stage.name])
+            print(f"[{stage.name}] {_one_line(summaries[stage.name])}")
+    if jax.process_index() == 0:
+        if config.export_hf:
+            export_hf(ctx, stage_cfgs, config.export_hf, workdir / "export_hf")
+        text = report.write_report(
+            workdir, config.report_rows, summaries, labeled_examples(ctx, stage_cfgs)
+        )
+        print(text)
+    return summaries
+
+
+def model_config(spec: experiment.ModelSpec, vocab_size: int | None) -> model.ModelConfig:
+    """A role's architecture: from its checkpoint's config.json, or its toy preset sized to the
+    task's tokenizer (`vocab_size`). A checkpoint must match its preset's dimensions if given."""
+    dtypes = dict(param_dtype=spec.dtype, compute_dtype=spec.compute_dtype or spec.dtype)
+    if spec.hf_path:
+        cfg = model.ModelConfig.from_hf_config(hf_io.read_hf_config(spec.hf_path), **dtypes)
+        if spec.preset:
+            expected = model.ModelConfig.preset(spec.preset, **dtypes)
+            if dataclasses.replace(cfg, max_seq_len=expected.max_seq_len) != expected:
+                raise ValueError(
+                    f"config.models.{spec.role}.hf_path = {spec.hf_path} is not a {spec.preset} "
+                    f"checkpoint: {cfg} != {expected}"
+                )
+        return cfg
+    return model.ModelConfig.preset(spec.preset, vocab_size=vocab_size, **dtypes)
+
+
+def load_params(ctx: Context, role: str, ref: str):
+    """Params for a reference: "base" (HF checkpoint or fresh init), an earlier stage, an HF dir."""
+    spec = ctx.models[role]
+    cfg = model_config(spec, ctx.task.tokenizer.vocab_size)
+    if ref == "base":
+        if spec.hf_path:
+            return cfg, hf_io.load_hf(spec.hf_path, dtype=spec.dtype)[1]
+        seed = jax.random.fold_in(jax.random.key(ctx.seed), sum(map(ord, role)))
+        return cfg, model.init_params(cfg, seed)
+    stage_dir = ctx.workdir / ref
+    if (stage_dir / "DONE").exists() or (stage_dir / "params").exists():
+        target = jax.tree.map(
+            lambda x: jax.numpy.zeros(x.shape, x.dtype), model.abstract_params(cfg)
+        )
+        return cfg, checkpoints.load_exported_params(stage_dir, target)
+    if Path(ref).is_dir():
+        return hf_io.load_hf(ref, dtype=spec.dtype)
+    raise FileNotFoundError(f"cannot load {ref!r}: {stage_dir}/params does not exist")
+
+
+def run_stage(ctx: Context, stage: experiment.StageConfig, stage_dir: Path) -> dict:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    cfg, params = load_params(ctx, stage.model, stage.init_from)
+    if stage.kind == "eval":
+        summary = stages.evaluate_policy(ctx, cfg, params, stage_dir, "final")
+        print(evaluate.format_table(summary))
+        return summary
+    policy = stages.Policy(cfg, params)
+    teacher = None
+    if stage.kind in ("forward_kl", "on_policy_kl"):
+        teacher = stages.Policy(*load_params(ctx, "teacher", stage.teacher))
+        if teacher.cfg.vocab_size != cfg.vocab_size:
+            raise ValueError(
+                f"{stage.name}: teacher vocab {teacher.cfg.vocab_size} != student vocab "
+                f"{cfg.vocab_size}; distillation needs a shared tokenizer"
+            )
+    maker = STAGES[stage.kind]
+    if stage.kind == "forward_kl":
+        make_batch, total = maker(ctx, stage, policy, teacher, stage_dir)
+    else:
+        make_batch, total = maker(ctx, stage, policy, teacher)
+    step_cfg = step_config(stage, total)
+    state = train.init_train_state(cfg, step_cfg.optimizer, params, ctx.seed)
+    step_fn = train.jit_train_step(step_cfg, cfg, teacher.cfg if teacher else None)
+    if teacher is None:
+        update = step_fn
+    else:
+        update = lambda state, batch: step_fn(state, teacher.params, batch)  # noqa: E731
+    diagnostics = {}
+    if stage.kind == "forward_kl":
+        diagnostics.update(c2_kl(cfg, params, teacher, make_batch, "before"))
+
+    def periodic_eval(params, step):
+        return stages.evaluate_policy(ctx, cfg, params, stage_dir, f"step{step}")
+
+    state, _ = stage_loop.run_loop(
+        stage_dir=stage_dir,
+        state=state,
+        total_steps=total,
+        save_every=stage.save_every,
+        make_batch=make_batch,
+        update=update,
+        evaluate=periodic_eval,
+        eval_every=stage.eval_every,
+        nan_policy=ctx.nan_policy,
+        desc=stage.name,
+    )
+    summary = stage_loop.stage_summary(stage_dir)
+    if stage.kind == "forward_kl":
+        diagnostics.update(c2_kl(cfg, state.params, teacher, make_batch, "after"))
+    summary.update(diagnostics)
+    summary.update(stages.evaluate_policy(ctx, cfg, state.params, stage_dir, "final"))
+    checkpoints.export_params(stage_dir, state.params, {"role": stage.model, "steps": total})
+    return summary
+
+
+def step_config(stage: experiment.StageConfig, total_steps: int) -> train.StepConfig:
+    """The jitted step's static settings for a stage."""
+    objective = {"sft": "sft", "grpo": "grpo"}.get(stage.kind, stage.loss)
+    g = stage.grpo
+    return train.StepConfig(
+        objective=objective,
+        optimizer=dataclasses.replace(
+            stage.optim, total_steps=stage.optim.total_steps or total_steps
+        ),
+        micro_batches=stage.micro_batches,
+        chunk_size=stage.chunk_size,
+        clip_eps=g.clip_eps,
+        clip_eps_high=g.clip_eps_high or None,
+        kl_coef=g.kl_coef if objective == "grpo" else 0.0,
+        kl_estimator=g.kl_estimator,
+        aggregation=g.aggregation,
+    )
+
+
+def c2_kl(cfg, params, teacher, make_batch, when: str) -> dict:
+    """Condition C2: mean per-token KLs between teacher and student on the first batch of
+    teacher rollouts (the same batch before and after the warmup)."""
+    batch, _ = make_batch(params, 0)
+    stats = train.score_kl(
+        cfg, params, teacher.cfg, teacher.params, batch["tokens"], batch["attention_mask"]
+    )
+    mask = batch["loss_mask"]
+    count = max(float(mask.sum()), 1.0)
+    return {
+        f"c2/forward_{when}": float((stats["forward"] * mask).sum() / count),
+        f"c2/reverse_{when}": float((stats["reverse"] * mask).sum() / count),
+    }
+
+
+def export_hf(ctx: Context, stage_cfgs, name: str, out: Path) -> None:
+    """The named stage's params as a Hugging Face checkpoint (+ tokenizer files when it has them)."""
+    stage = next((s for s in stage_cfgs if s.name == name), None)
+    if stage is None:
+        raise KeyError(
+            f"config.export_hf = {name!r} is not a stage: {[s.name for s in stage_cfgs]}"
+        )
+    cfg, params = load_params(ctx, stage.model, name)
+    tok = ctx.task.tokenizer
+    hf_io.save_hf(out, cfg, params, eos_token_id=list(tok.eos_ids), pad_token_id=tok.pad_id)
+    if tok.kind == "hf":
+        tok.backend.save_pretrained(out)
+    print(f"exported {name} to {out} (transformers.AutoModelForCausalLM.from_pretrained loads it)")
+
+
+def labeled_examples(ctx: Context, stage_cfgs) -> dict[str, int]:
+    """Distinct labeled examples (answers used as rewards) behind each stage, its inputs included."""
+    used: dict[str, set] = {}
+    for stage in stage_cfgs:
+        ids = set().union(*(used.get(ref, set()) for ref in (stage.init_from, stage.teacher)))
+        if stage.kind == "grpo":
+            pool = ctx.task.pool(stage.data)
+            for step in range(stages.num_steps(stage, len(pool))):
+                idx = stages.batch_indices(ctx, stage, len(pool), step)
+                ids |= {pool[i]["id"] for i in idx}
+        used[stage.name] = ids
+    return {name: len(ids) for name, ids in used.items()}
+
+
+def _one_line(summary: dict) -> str:
+    keys = [k for k in summary if "/avg@" in k and k.count("/") == 2] + [
+        "train/loss",
+        "grpo/reward",
+    ]
+    return json.dumps({k: round(summary[k], 4) for k in keys if k in summary})

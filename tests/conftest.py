@@ -11,3 +11,33 @@ import jax  # noqa: E402
 # Parity tests compare against float32 torch; the default CPU matmul precision is already exact,
 # this makes it explicit so an accelerator run of the tests is not silently looser.
 jax.config.update("jax_default_matmul_precision", "highest")
+# As in main.py: repeated compiles of the same step (every stage, every test) become cache loads.
+_cache_root = os.environ.get("S2D_JAX_CACHE") or os.path.expanduser("~/.cache/s2d_jax")
+jax.config.update("jax_compilation_cache_dir", os.path.join(_cache_root, "jax_compile"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def shrink_config(config, *, steps=2, new_tokens=12, keep_stages=None):
+    """A real experiment config cut down to seconds: tiny models and data, `steps` per stage."""
+    for role in config.models:
+        if config.models[role].preset.startswith("toy"):
+            config.models[role].preset = "toy_tiny"
+    if config.task.name == "arith":
+        config.task.arith.update(num_demos=64, num_rl=16, num_test=16)
+    if keep_stages is not None:
+        for name in list(config.stages):
+            if name not in keep_stages:
+                del config.stages[name]
+        if config.export_hf not in keep_stages:
+            config.export_hf = ""
+    for stage in config.stages.values():
+        stage.steps = steps
+        stage.save_every = 1
+        stage.batch_size = min(stage.batch_size, 4)
+        stage.samples_per_prompt = min(stage.samples_per_prompt, 2)
+        stage.sampling.max_new_tokens = new_tokens
+        stage.optim.warmup_steps = 0
+        stage.micro_batches = 1
+    config.eval.update(max_problems=4, samples=2, max_new_tokens=new_tokens, batch_size=8)
+    config.grader_workers = 1
+    return config

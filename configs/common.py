@@ -1,0 +1,177 @@
+"""Config fragments shared by the experiment files: models, stages, evaluation, argument parsing.
+
+Each function returns a plain ConfigDict; experiments compose them. Every key a stage may use is
+declared here, so a typo on the command line or in a config fails loudly (lock_config=True).
+"""
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def parse_arg(arg, **defaults):
+    """`"a=1,b=x"` -> ConfigDict with the defaults' types (big_vision style variants)."""
+    result = ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in defaults:
+            raise KeyError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+        kind = type(defaults[key])
+        result[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+    return result
+
+
+def model(preset="", hf_path="", dtype="float32", compute_dtype=""):
+    """One model role: a local Hugging Face checkpoint (`hf_path`), or a toy `preset` (fresh init).
+
+    With both, the checkpoint must have the preset's dimensions (catches swapped paths).
+    """
+    return ConfigDict(
+        dict(preset=preset, hf_path=hf_path, dtype=dtype, compute_dtype=compute_dtype)
+    )
+
+
+def optim(lr=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.1, grad_clip=1.0):
+    """AdamW (0.9, 0.999, eps 1e-8) as in the paper's Tables 7-8; constant LR by default."""
+    return ConfigDict(
+        dict(
+            lr=lr,
+            schedule=schedule,
+            warmup_steps=warmup_steps,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=weight_decay,
+            grad_clip=grad_clip,
+        )
+    )
+
+
+def sampling(max_new_tokens, temperature=1.0, top_p=1.0, top_k=0):
+    return ConfigDict(
+        dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+    )
+
+
+def _stage(kind, model, init_from, data, steps, batch_size, max_new_tokens, lr, **extra):
+    stage = dict(
+        kind=kind,
+        model=model,  # "teacher" | "student": architecture and tokenizer role
+        init_from=init_from,  # "base" | name of an earlier stage | a Hugging Face directory
+        teacher="",  # distillation stages: "base" | earlier stage name | HF directory
+        data=data,  # prompt pool: a split name of the task (e.g. "rl", "rl_1h", "train")
+        steps=steps,  # optimizer updates; 0 means `epochs` passes over the pool
+        epochs=1,
+        batch_size=batch_size,  # prompts per step (grpo, on_policy_kl) or sequences (sft, forward_kl)
+        micro_batches=1,  # gradient accumulation: one update over this many micro-batches
+        save_every=25,
+        eval_every=0,  # 0: evaluate only when the stage ends
+        loss="",  # distillation loss (see s2d_jax/train.py OBJECTIVES)
+        samples_per_prompt=1,  # G for grpo; K teacher rollouts for forward_kl; student samples for OPD
+        sampling=sampling(max_new_tokens),
+        optim=optim(lr=lr),
+        grpo=grpo(),
+        chunk_size=512,  # tokens per chunk of the full-vocabulary terms (memory ~ chunk x V)
+    )
+    stage.update(extra)
+    return ConfigDict(stage)
+
+
+def grpo(clip_eps=0.2, clip_eps_high=0.0, kl_coef=5e-4, kl_estimator="k3", aggregation="token"):
+    """GRPO objective knobs (paper Table 7; clip_eps_high 0 means symmetric clipping)."""
+    return ConfigDict(
+        dict(
+            clip_eps=clip_eps,
+            clip_eps_high=clip_eps_high,
+            kl_coef=kl_coef,
+            kl_estimator=kl_estimator,
+            aggregation=aggregation,
+            normalize_std=True,
+        )
+    )
+
+
+def sft_stage(model, init_from, data, steps, batch_size, lr, **extra):
+    """Supervised warm-start on worked solutions (the toy's stand-in for pretraining)."""
+    return _stage("sft", model, init_from, data, steps, batch_size, 0, lr, **extra)
+
+
+def grpo_stage(model, init_from, data, steps, prompts, group_size, max_new_tokens, lr, **extra):
+    """Stage 1 (teacher) or Stage 3 / direct baseline (student): GRPO with a verifier reward."""
+    return _stage(
+        "grpo",
+        model,
+        init_from,
+        data,
+        steps,
+        prompts,
+        max_new_tokens,
+        lr,
+        samples_per_prompt=group_size,
+        **extra,
+    )
+
+
+def forward_kl_stage(
+    init_from, teacher, data, steps, batch_size, rollouts, max_new_tokens, lr, **extra
+):
+    """Stage 2a: the student learns KL(teacher || student) on cached teacher rollouts."""
+    return _stage(
+        "forward_kl",
+        "student",
+        init_from,
+        data,
+        steps,
+        batch_size,
+        max_new_tokens,
+        lr,
+        teacher=teacher,
+        loss="forward_kl",
+        samples_per_prompt=rollouts,
+        **extra,
+    )
+
+
+def on_policy_kl_stage(
+    init_from, teacher, data, steps, prompts, samples, max_new_tokens, lr, **extra
+):
+    """Stage 2b: student rollouts, frozen teacher scores every token, per-token reverse KL."""
+    return _stage(
+        "on_policy_kl",
+        "student",
+        init_from,
+        data,
+        steps,
+        prompts,
+        max_new_tokens,
+        lr,
+        teacher=teacher,
+        loss="reverse_kl",
+        samples_per_prompt=samples,
+        **extra,
+    )
+
+
+def eval_stage(model, init_from):
+    """No training: sample, grade and report `init_from` on config.eval (the eval mode)."""
+    return _stage("eval", model, init_from, "", 0, 1, 0, 0.0)
+
+
+def evaluation(splits, samples, max_new_tokens, temperature=0.6, top_p=0.95, max_problems=0):
+    """avg@k / pass@k / maj@k on the named splits; paper default decoding T=0.6, top-p 0.95."""
+    return ConfigDict(
+        dict(
+            splits=splits,  # comma-separated split names of the task
+            samples=samples,  # k
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            max_problems=max_problems,  # 0: all
+            batch_size=64,  # prompts per sampler call
+        )
+    )
+
+
+def mesh(data=-1, fsdp=1, tensor=1):
+    """Device mesh sizes; -1 takes the remaining devices."""
+    return ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))

@@ -1,0 +1,140 @@
+"""The paper's experiments (arXiv 2605.12483, Tables 2-6) with its hyperparameters (Tables 7-8).
+
+    python -m s2d_jax.main --workdir runs/qwen_full --config \\
+      configs/paper.py:arm=full,teacher_path=/ckpt/Qwen3-8B,student_path=/ckpt/Qwen3-1.7B,data_path=/data/dapo.parquet
+
+Arms (`arm=`), all with the same machinery, each a choice of stages:
+  full        Stage 1 teacher GRPO -> 2a forward KL -> 2b on-policy KL            (Table 2 top)
+  direct      GRPO on the student with all labels                                   (Table 1 / 2)
+  raw         bridge from the raw (not RL-trained) teacher                          (Table 6)
+  no_fkl      Stage 1 -> 2b only (standalone OPD; the "-Stage 2a" row)
+  no_opd      Stage 1 -> 2a only (teacher-sample forward KL; the "-Stage 2b" row)
+  half        Stage 1 + bridge on 1H, Stage 3 GRPO on 2H                            (Table 5)
+  replay      as half, but Stage 3 replays 1H (same updates and data count)         (Table 5)
+  sft_teacher bridge from an SFT teacher given by teacher_path, then Stage 3 on 2H  (Table 4)
+Model pairs (`pair=`): qwen3_8b (Qwen3-8B -> Qwen3-1.7B), qwen3_14b (Qwen3-14B -> Qwen3-1.7B), llama
+(Llama-3.3-70B-Instruct -> Llama-3.1-8B-Instruct); a checkpoint whose dimensions differ from the
+pair's preset is an error (swapped or wrong paths fail before any compute). Paths are required: teacher_path and student_path (local Hugging Face
+checkpoints), data_path (DAPO-Math-17K parquet/JSONL). A missing one fails before any compute.
+Hardware: a TPU pod slice or GPUs (bfloat16; see README "Will it fit?"). Runtime: days.
+"""
+
+from configs import common
+
+# Paper Table 7 (GRPO: direct, Stage 3) and Table 8 (OPD / transfer stages).
+GRPO = dict(lr=1e-6, prompts=8, group=8, max_new=16384, epochs=10)
+TRANSFER = dict(lr=1e-6, prompts=64, rollouts=8, max_new=16384, epochs=1)
+# pair -> (teacher preset, student preset): the checkpoints given must have these dimensions.
+PAIRS = {
+    "qwen3_8b": ("qwen3_8b", "qwen3_1.7b"),
+    "qwen3_14b": ("qwen3_14b", "qwen3_1.7b"),
+    "llama": ("llama3_70b", "llama3_8b"),
+}
+ARMS = ("full", "direct", "raw", "no_fkl", "no_opd", "half", "replay", "sft_teacher")
+
+
+def get_config(arg=None):
+    arg = common.parse_arg(
+        arg,
+        arm="full",
+        pair="qwen3_8b",
+        teacher_path="",
+        student_path="",
+        data_path="",
+        seed=0,
+    )
+    if arg.arm not in ARMS:
+        raise ValueError(f"arm={arg.arm!r}; expected one of {ARMS}")
+    if arg.pair not in PAIRS:
+        raise ValueError(f"pair={arg.pair!r}; expected one of {sorted(PAIRS)}")
+    teacher_preset, student_preset = PAIRS[arg.pair]
+    config = common.ConfigDict()
+    config.seed = arg.seed
+    config.nan_policy = "skip"
+    config.grader_workers = 8
+    config.grader_timeout_s = 5.0
+    config.mesh = common.mesh(data=1, fsdp=-1, tensor=1)
+    config.task = common.ConfigDict(
+        dict(
+            name="math_train",
+            train_path=arg.data_path,
+            train_columns="dapo",  # requires train_path
+            prompt_style="chat",  # Qwen3 chat template, thinking off (paper code default)
+            enable_thinking=False,
+            split_seed=arg.seed,
+            arith={},
+        )
+    )
+    dtype = dict(dtype="bfloat16", compute_dtype="bfloat16")
+    config.models = common.ConfigDict(
+        dict(
+            teacher=common.model(preset=teacher_preset, hf_path=arg.teacher_path, **dtype),
+            student=common.model(preset=student_preset, hf_path=arg.student_path, **dtype),
+        )
+    )
+    config.stages = _stages(arg.arm)
+    config.eval = common.evaluation("math500,aime24,aime25", samples=16, max_new_tokens=16384)
+    config.report_rows = f"{arg.arm}={_final_stage(arg.arm)}"
+    config.export_hf = _final_stage(arg.arm)
+    return config
+
+
+def _grpo(model, init_from, data):
+    stage = common.grpo_stage(
+        model, init_from, data, 0, GRPO["prompts"], GRPO["group"], GRPO["max_new"], GRPO["lr"]
+    )
+    stage.epochs = GRPO["epochs"]
+    return stage
+
+
+def _bridge(stages, teacher, data, fkl=True, opd=True):
+    t = TRANSFER
+    if fkl:
+        stages.fkl = common.forward_kl_stage(
+            "base", teacher, data, 0, t["prompts"], t["rollouts"], t["max_new"], t["lr"]
+        )
+    if opd:
+        stages.opd = common.on_policy_kl_stage(
+            "fkl" if fkl else "base",
+            teacher,
+            data,
+            0,
+            t["prompts"],
+            t["rollouts"],
+            t["max_new"],
+            t["lr"],
+        )
+    for stage in stages.values():
+        stage.micro_batches = 8  # 64 prompts x 8 rollouts, accumulated in 8 micro-batches
+    return stages
+
+
+def _stages(arm):
+    s = common.ConfigDict()
+    if arm == "direct":
+        s.direct_grpo = _grpo("student", "base", "train")
+        return s
+    if arm == "raw":
+        return _bridge(s, "base", "train")
+    if arm == "sft_teacher":  # teacher_path is the SFT teacher: no Stage 1
+        _bridge(s, "base", "train_1h")
+        s.stage3 = _grpo("student", "opd", "train_2h")
+        return s
+    half = arm in ("half", "replay")
+    s.teacher_grpo = _grpo("teacher", "base", "train_1h" if half else "train")
+    _bridge(
+        s, "teacher_grpo", "train_1h" if half else "train", fkl=arm != "no_fkl", opd=arm != "no_opd"
+    )
+    if half:
+        s.stage3 = _grpo("student", "opd", "train_2h" if arm == "half" else "train_1h")
+    return s
+
+
+def _final_stage(arm):
+    return {
+        "direct": "direct_grpo",
+        "no_opd": "fkl",
+        "half": "stage3",
+        "replay": "stage3",
+        "sft_teacher": "stage3",
+    }.get(arm, "opd")

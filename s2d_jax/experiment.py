@@ -1,0 +1,181 @@
+"""The package boundary for configs: an ml_collections ConfigDict becomes frozen dataclasses here.
+
+Everything is checked before any compute: unknown or missing keys (named with their path), stage
+references (`init_from`, `teacher` must name an earlier stage, "base", or an existing directory),
+and required local paths of real models and data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from s2d_jax.train import OptimizerConfig
+
+KINDS = ("sft", "grpo", "forward_kl", "on_policy_kl", "eval")
+DISTILL_LOSSES = {
+    "forward_kl": ("forward_kl", "forward_kl_hard"),
+    "on_policy_kl": ("reverse_kl", "sampled_reverse_kl"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    role: str
+    preset: str  # a model_presets name: fresh init, or the dimensions hf_path must have
+    hf_path: str  # local Hugging Face checkpoint directory
+    dtype: str  # parameter dtype
+    compute_dtype: str  # "" = same as dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+
+
+@dataclasses.dataclass(frozen=True)
+class GrpoConfig:
+    clip_eps: float
+    clip_eps_high: float  # 0: symmetric
+    kl_coef: float
+    kl_estimator: str
+    aggregation: str
+    normalize_std: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    name: str
+    kind: str
+    model: str
+    init_from: str
+    teacher: str
+    data: str
+    steps: int
+    epochs: int
+    batch_size: int
+    micro_batches: int
+    save_every: int
+    eval_every: int
+    loss: str
+    samples_per_prompt: int
+    chunk_size: int
+    sampling: SamplingConfig
+    optim: OptimizerConfig
+    grpo: GrpoConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    splits: tuple[str, ...]
+    samples: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    max_problems: int
+    batch_size: int
+
+
+def to_dataclass(cls, value, where: str):
+    """Build `cls` from a ConfigDict/dict, naming `where` and the key on a missing or unknown key."""
+    data = value.to_dict() if hasattr(value, "to_dict") else dict(value)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise KeyError(f"{where}: unknown key(s) {unknown}; expected {sorted(fields)}")
+    required = {n for n, f in fields.items() if f.default is dataclasses.MISSING}
+    missing = sorted(required - set(data) - {"name", "role"})
+    if missing:
+        raise KeyError(f"{where}: missing key(s) {missing}")
+    return cls(**data)
+
+
+def parse_models(config) -> dict[str, ModelSpec]:
+    specs = {}
+    for role in config.models:
+        spec = to_dataclass(
+            ModelSpec, dict(config.models[role], role=role), f"config.models.{role}"
+        )
+        if not spec.hf_path and not spec.preset.startswith("toy_"):
+            raise ValueError(
+                f"config.models.{role}.hf_path is required: the local path of a Hugging Face "
+                f"checkpoint{' of ' + spec.preset if spec.preset else ''} (only toy_* presets "
+                "are trained from a fresh init)"
+            )
+        if spec.hf_path and not Path(spec.hf_path).is_dir():
+            raise FileNotFoundError(
+                f"config.models.{role}.hf_path = {spec.hf_path!r} is not a directory: give the local "
+                "path of a Hugging Face checkpoint (config.json + *.safetensors)"
+            )
+        specs[role] = spec
+    return specs
+
+
+def parse_stage(name: str, stage) -> StageConfig:
+    where = f"config.stages.{name}"
+    data = stage.to_dict() if hasattr(stage, "to_dict") else dict(stage)
+    if isinstance(data.get("optim"), dict) and "steps" in data:
+        # cosine schedules decay over the stage; a stage sized by epochs sets it when it starts
+        data["optim"].setdefault("total_steps", data["steps"])
+    for key, cls in (
+        ("sampling", SamplingConfig),
+        ("optim", OptimizerConfig),
+        ("grpo", GrpoConfig),
+    ):
+        if key in data:
+            data[key] = to_dataclass(cls, data[key], f"{where}.{key}")
+    parsed = to_dataclass(StageConfig, dict(data, name=name), where)
+    if parsed.kind not in KINDS:
+        raise ValueError(f"{where}.kind = {parsed.kind!r}; expected one of {KINDS}")
+    if parsed.kind in DISTILL_LOSSES and parsed.loss not in DISTILL_LOSSES[parsed.kind]:
+        raise ValueError(
+            f"{where}.loss = {parsed.loss!r}; a {parsed.kind} stage takes {DISTILL_LOSSES[parsed.kind]}"
+        )
+    if parsed.batch_size % parsed.micro_batches:
+        raise ValueError(f"{where}: batch_size {parsed.batch_size} % micro_batches != 0")
+    return parsed
+
+
+def parse_stages(config, models: dict[str, ModelSpec]) -> list[StageConfig]:
+    """All stages, ordered so that each runs after the stages it reads (`init_from`, `teacher`).
+
+    ConfigDict keys have no order, so the order is the dependency order, ties broken by name.
+    """
+    parsed = {name: parse_stage(name, config.stages[name]) for name in config.stages}
+    deps = {}
+    for name, stage in parsed.items():
+        if stage.model not in models:
+            raise ValueError(
+                f"config.stages.{name}.model = {stage.model!r}; models are {sorted(models)}"
+            )
+        refs = [("init_from", stage.init_from)]
+        if stage.kind in DISTILL_LOSSES:
+            refs.append(("teacher", stage.teacher))
+        deps[name] = set()
+        for field, ref in refs:
+            if ref in parsed and ref != name:
+                deps[name].add(ref)
+            elif ref != "base" and not (ref and Path(ref).is_dir()):
+                raise ValueError(
+                    f"config.stages.{name}.{field} = {ref!r} is neither 'base', another stage "
+                    f"({sorted(parsed)}), nor an existing checkpoint directory"
+                )
+    ordered: list[StageConfig] = []
+    while deps:
+        ready = sorted(name for name, d in deps.items() if not d)
+        if not ready:
+            raise ValueError(f"config.stages: circular references among {sorted(deps)}")
+        ordered.append(parsed[ready[0]])
+        del deps[ready[0]]
+        for d in deps.values():
+            d.discard(ready[0])
+    return ordered
+
+
+def parse_eval(config) -> EvalConfig:
+    data = config.eval.to_dict()
+    data["splits"] = tuple(s for s in str(data.get("splits", "")).split(",") if s)
+    return to_dataclass(EvalConfig, data, "config.eval")

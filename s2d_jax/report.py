@@ -1,0 +1,127 @@
+"""The run's report: a Table-2-style markdown table of arms and a PNG of per-stage curves.
+
+`config.report.rows` is "label=stage,label=stage,..." (an arm's row reads that stage's final eval);
+everything else comes from the stage directories, so a report can be rebuilt from a run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from s2d_jax import metrics
+
+CURVES = (
+    ("grpo/reward", "reward"),
+    ("train/loss", "loss"),
+    ("kl/forward", "KL(T||S)"),
+    ("kl/reverse", "KL(S||T)"),
+)
+
+
+def parse_rows(text: str) -> list[tuple[str, str]]:
+    rows = []
+    for item in filter(None, text.split(",")):
+        label, sep, stage = item.partition("=")
+        if not sep:
+            raise ValueError(f"config.report.rows item {item!r}: expected label=stage")
+        rows.append((label.strip(), stage.strip()))
+    return rows
+
+
+def _eval_columns(summaries: dict) -> list[tuple[str, str]]:
+    """(split, k) of every `eval/<split>/avg@<k>` key in any summary, in first-seen order."""
+    seen = []
+    for summary in summaries.values():
+        for key in summary:
+            parts = key.split("/")
+            if len(parts) == 3 and parts[0] == "eval" and parts[2].startswith("avg@"):
+                if not parts[2].endswith("_se") and (parts[1], parts[2][4:]) not in seen:
+                    seen.append((parts[1], parts[2][4:]))
+    return seen
+
+
+def results_table(rows, summaries: dict, labeled: dict[str, int]) -> str:
+    """Markdown: one row per arm, avg@k ± SE per eval split, and the labeled examples it consumed."""
+    columns = _eval_columns({stage: summaries.get(stage, {}) for _, stage in rows})
+    header = ["arm", "stage", *[f"{split} avg@{k}" for split, k in columns], "labeled examples"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, stage in rows:
+        summary = summaries.get(stage, {})
+        cells = [label, stage]
+        for split, k in columns:
+            key = f"eval/{split}/avg@{k}"
+            if key in summary:
+                cells.append(f"{100 * summary[key]:.1f} ± {100 * summary[key + '_se']:.1f}")
+            else:
+                cells.append("n/a")
+        cells.append(str(labeled.get(stage, 0)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def kl_table(summaries: dict) -> str:
+    """Condition C2: teacher-student KL on teacher rollouts before and after each warmup stage."""
+    lines = [
+        "| stage | KL(T‖S) before | KL(T‖S) after | KL(S‖T) before | KL(S‖T) after |",
+        "|---|---|---|---|---|",
+    ]
+    found = False
+    for stage, summary in summaries.items():
+        if "c2/forward_before" in summary:
+            found = True
+            lines.append(
+                f"| {stage} | {summary['c2/forward_before']:.3f} | {summary['c2/forward_after']:.3f} "
+                f"| {summary['c2/reverse_before']:.3f} | {summary['c2/reverse_after']:.3f} |"
+            )
+    return "\n".join(lines) if found else ""
+
+
+def plot_curves(workdir: Path, stage_names: list[str], out: Path) -> Path | None:
+    """One column per stage, one row per curve in CURVES that any stage logged."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    logs = {name: metrics.read_metrics(workdir / name) for name in stage_names}
+    logs = {name: rows for name, rows in logs.items() if rows}
+    curves = [(k, t) for k, t in CURVES if any(k in r for rows in logs.values() for r in rows)]
+    if not logs or not curves:
+        return None
+    fig, axes = plt.subplots(
+        len(curves), len(logs), figsize=(2.6 * len(logs), 2.0 * len(curves)), squeeze=False
+    )
+    for col, (name, rows) in enumerate(logs.items()):
+        axes[0][col].set_title(name, fontsize=8)
+        for row, (key, title) in enumerate(curves):
+            ax = axes[row][col]
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            if points:
+                ax.plot(*zip(*points, strict=True), lw=1)
+            ax.tick_params(labelsize=6)
+            if col == 0:
+                ax.set_ylabel(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_report(workdir: Path, rows_text: str, summaries: dict, labeled: dict[str, int]) -> str:
+    """Write report.md and curves.png into the run directory; return the markdown."""
+    rows = parse_rows(rows_text) or [(name, name) for name in summaries]
+    parts = ["# Results", "", results_table(rows, summaries, labeled)]
+    kl = kl_table(summaries)
+    if kl:
+        parts += [
+            "",
+            "## Teacher-student KL before and after the forward-KL warmup (condition C2)",
+            "",
+            kl,
+        ]
+    figure = plot_curves(Path(workdir), list(summaries), Path(workdir) / "curves.png")
+    if figure is not None:
+        parts += ["", f"![curves]({figure.name})"]
+    text = "\n".join(parts) + "\n"
+    (Path(workdir) / "report.md").write_text(text)
+    return text

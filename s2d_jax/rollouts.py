@@ -1,0 +1,86 @@
+"""From examples and sampler rollouts to train batches; which examples a step uses.
+
+Every batch is a pure function of `(seed, step)` (plus the params at that step), so a resumed run
+needs only the step number to continue exactly where it stopped.
+
+Batch layout (the trainer's convention): tokens [B, T] = left-padded prompt then completion,
+attention_mask [B, T]; per-target arrays are [B, T-1], aligned with targets tokens[:, 1:].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from s2d_jax import sampler
+
+
+def example_indices(pool_size: int, batch: int, seed: int, step: int) -> np.ndarray:
+    """Indices of the `batch` examples of `step`: epochs of seeded permutations, no repeats within one.
+
+    Works for any step without replaying earlier ones (a function of (seed, step) only).
+    """
+    start, stop = step * batch, (step + 1) * batch
+    out = []
+    for epoch in range(start // pool_size, (stop - 1) // pool_size + 1):
+        order = np.random.default_rng([seed, epoch]).permutation(pool_size)
+        lo, hi = max(start, epoch * pool_size), min(stop, (epoch + 1) * pool_size)
+        out.append(order[lo - epoch * pool_size : hi - epoch * pool_size])
+    return np.concatenate(out)
+
+
+def length_bucket(n: int) -> int:
+    """Padded length for n tokens: multiples of 16 up to 128, then powers of two.
+
+    A jitted step compiles once per batch shape; buckets keep that to a handful per stage.
+    """
+    return 16 * -(-n // 16) if n <= 128 else 1 << (n - 1).bit_length()
+
+
+def pad_sequences(prompts: list[list[int]], targets: list[list[int]], pad_id: int) -> dict:
+    """Left-padded prompts + right-padded targets -> a batch with loss on target tokens.
+
+    Returns tokens [B, P+N], attention_mask [B, P+N], loss_mask [B, P+N-1] float32, where P and
+    N are the longest prompt and target rounded up to a `length_bucket`.
+    """
+    P = length_bucket(max(len(p) for p in prompts))
+    N = length_bucket(max(len(t) for t in targets))
+    B = len(prompts)
+    tokens = np.full((B, P + N), pad_id, np.int32)
+    mask = np.zeros((B, P + N), bool)
+    for i, (p, t) in enumerate(zip(prompts, targets, strict=True)):
+        tokens[i, P - len(p) : P] = p
+        tokens[i, P : P + len(t)] = t
+        mask[i, P - len(p) : P + len(t)] = True
+    loss_mask = np.zeros((B, P + N - 1), np.float32)
+    loss_mask[:, P - 1 :] = mask[:, P:]
+    return {"tokens": tokens, "attention_mask": mask, "loss_mask": loss_mask}
+
+
+def rollout_batch(rollout: sampler.Rollout) -> dict:
+    """A sampler Rollout -> tokens, attention_mask, loss_mask [B, T-1], old_logprobs [B, T-1]."""
+    completion_mask = np.asarray(rollout.completion_mask)
+    prompt_mask = np.asarray(rollout.prompt_mask)
+    B, P = prompt_mask.shape
+    loss_mask = np.zeros((B, rollout.tokens.shape[1] - 1), np.float32)
+    loss_mask[:, P - 1 :] = completion_mask
+    old_logprobs = np.zeros_like(loss_mask)
+    old_logprobs[:, P - 1 :] = np.where(completion_mask, np.asarray(rollout.logprobs), 0.0)
+    return {
+        "tokens": np.asarray(rollout.tokens),
+        "attention_mask": np.concatenate([prompt_mask, completion_mask], axis=1),
+        "loss_mask": loss_mask,
+        "old_logprobs": old_logprobs,
+    }
+
+
+def completion_texts(rollout: sampler.Rollout, tokenizer) -> list[str]:
+    """Decoded completions (EOS and padding dropped by the tokenizer)."""
+    P = rollout.prompt_mask.shape[1]
+    tokens = np.asarray(rollout.tokens)[:, P:]
+    mask = np.asarray(rollout.completion_mask)
+    return [tokenizer.decode(row[m]) for row, m in zip(tokens, mask, strict=True)]
+
+
+def take_rows(batch: dict, rows: np.ndarray) -> dict:
+    """The sub-batch of the given rows (every array's leading axis)."""
+    return {k: v[rows] for k, v in batch.items()}

@@ -1,0 +1,292 @@
+"""Device mesh, logical-axis rules, and the helpers that place params, optimizer state and batches.
+
+The model names the axes of every array (`model.param_axes`, `model.cache_axes`); a rules table
+maps those logical names to the mesh axes `data`, `fsdp` and `tensor`. Training and sampling use
+different tables (sampling keeps whole weights on each FSDP shard: no all-gather per token).
+
+    mesh = make_mesh(MeshConfig(data=1, fsdp=-1, tensor=1))       # -1: the rest of the devices
+    shardings = param_shardings(cfg, mesh, TRAIN_RULES)
+    params, _ = init_sharded(lambda k: model.init_params(cfg, k), lambda _: shardings, key)
+    cfg, params = load_hf_sharded("/ckpt/Qwen3-8B", mesh, TRAIN_RULES)   # placed as it is read
+    tokens = jax.device_put(tokens_BT, batch_sharding(mesh))            # rows over data x fsdp
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as Spec
+
+from s2d_jax import hf_io, model
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # rows of a batch are split over both: FSDP is data parallelism too
+
+MeshAxis = str | tuple[str, ...] | None
+Rules = tuple[tuple[str, MeshAxis], ...]
+
+# Training: weights split over fsdp on their model dimension (ZeRO-3 style, gathered per layer by
+# XLA) and over tensor on heads / mlp / vocab (Megatron style); activations split by rows.
+TRAIN_RULES: Rules = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("head_dim", None),
+    ("norm", None),
+    ("act_batch", BATCH_AXES),
+    ("act_len", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_vocab", "tensor"),
+)
+
+# Sampling: the same, except that weights are replicated over fsdp. Decoding reads every weight
+# once per token, so gathering FSDP shards each step would dominate; rows still use all devices.
+SAMPLE_RULES: Rules = tuple((name, None if name == "embed" else axis) for name, axis in TRAIN_RULES)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Sizes of the mesh axes. One of them may be -1: whatever the device count leaves over."""
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+
+    def __post_init__(self):
+        for name in AXES:
+            size = getattr(self, name)
+            if not isinstance(size, int) or (size < 1 and size != -1):
+                raise ValueError(f"mesh.{name} must be a positive int or -1, got {size!r}")
+        if sum(getattr(self, n) == -1 for n in AXES) > 1:
+            raise ValueError(f"at most one mesh axis may be -1, got {self}")
+
+    def shape(self, n_devices: int) -> tuple[int, int, int]:
+        """(data, fsdp, tensor) for `n_devices`; the -1 axis takes what the others leave."""
+        fixed = {n: getattr(self, n) for n in AXES if getattr(self, n) != -1}
+        for name, size in fixed.items():
+            if n_devices % size:
+                raise ValueError(f"mesh.{name}={size} does not divide the {n_devices} devices")
+        product = math.prod(fixed.values())
+        if n_devices % product:
+            raise ValueError(
+                f"mesh sizes {fixed} multiply to {product}, which does not divide the "
+                f"{n_devices} devices"
+            )
+        sizes = {n: getattr(self, n) for n in AXES}
+        free = [n for n in AXES if sizes[n] == -1]
+        if free:
+            sizes[free[0]] = n_devices // product
+        elif product != n_devices:
+            raise ValueError(
+                f"mesh sizes {sizes} use {product} devices but {n_devices} are present; "
+                "set one axis to -1 or make the product match"
+            )
+        return tuple(sizes[n] for n in AXES)
+
+
+def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ("data", "fsdp", "tensor") mesh over `devices` (default: every device of every process).
+
+    Axes are `Auto` (sharding propagated by XLA): the model code carries no sharding annotations
+    of its own, jit's in/out shardings and a few constraints decide the layout.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_cfg.shape(len(devices))
+    return jax.make_mesh(
+        shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES), devices=devices
+    )
+
+
+# ----------------------------------------------------------------------------- logical -> mesh
+
+
+def _mesh_axes(rules: Rules, name: str) -> tuple[str, ...]:
+    for logical, target in rules:
+        if logical == name:
+            if target is None:
+                return ()
+            return (target,) if isinstance(target, str) else tuple(target)
+    raise KeyError(f"logical axis {name!r} has no rule; rules cover {[r[0] for r in rules]}")
+
+
+def logical_to_spec(
+    axes: Sequence[str | None], rules: Rules, mesh: Mesh, shape: Sequence[int] | None = None
+) -> Spec:
+    """The PartitionSpec of an array whose dimensions carry the logical names `axes`.
+
+    Each name maps to mesh axes through `rules` (first match; None = replicated). A mesh axis is
+    dropped from a dimension, silently and on purpose, when
+      * it is already used by an earlier dimension of the same array (a mesh axis may shard only
+        one dimension), or
+      * `shape` is given and the dimension is not divisible by the product of the mesh axes kept
+        so far times this one (e.g. n_kv_heads=2 on tensor=4: the kv heads are replicated
+        rather than padded). For a tuple like ("data", "fsdp") a leading part that divides is kept.
+    So a spec is always valid for its array; the price of a dropped axis is memory, not an error.
+    """
+    if shape is not None and len(shape) != len(axes):
+        raise ValueError(f"shape {tuple(shape)} and logical axes {tuple(axes)} differ in rank")
+    used: set[str] = set()
+    entries = []
+    for dim, name in enumerate(axes):
+        kept: list[str] = []
+        for axis in () if name is None else _mesh_axes(rules, name):
+            if axis not in mesh.shape:
+                raise KeyError(f"rule for {name!r} names mesh axis {axis!r}; mesh has {mesh.shape}")
+            size = math.prod(mesh.shape[a] for a in kept) * mesh.shape[axis]
+            if axis in used or (shape is not None and shape[dim] % size):
+                break
+            kept.append(axis)
+        used.update(kept)
+        entries.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    return Spec(*entries)
+
+
+def param_specs(cfg: model.ModelConfig, mesh: Mesh, rules: Rules) -> dict[str, Any]:
+    """A tree like the params of PartitionSpecs (divisibility checked against the real shapes)."""
+    return jax.tree.map(
+        lambda leaf: logical_to_spec(leaf[1], rules, mesh, leaf[0]),
+        model.param_shapes(cfg),
+        is_leaf=_is_shape_axes,
+    )
+
+
+def param_shardings(cfg: model.ModelConfig, mesh: Mesh, rules: Rules) -> dict[str, Any]:
+    """A tree like the params of NamedShardings on `mesh` under `rules`."""
+    specs = param_specs(cfg, mesh, rules)
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec)
+
+
+def cache_shardings(
+    cfg: model.ModelConfig, mesh: Mesh, rules: Rules, batch: int, max_len: int
+) -> dict[str, Any]:
+    """Shardings of `model.init_cache(cfg, batch, max_len)` ([L, B, S, K, Dh] leaves)."""
+    shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+    return jax.tree.map(
+        lambda axes: NamedSharding(mesh, logical_to_spec(axes, rules, mesh, shape)),
+        model.cache_axes(),
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+
+
+def _is_shape_axes(x) -> bool:
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], tuple)
+
+
+def _is_spec(x) -> bool:
+    return isinstance(x, Spec)
+
+
+# ----------------------------------------------------------------------------- placement
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device (scalars, step counters, RNG keys)."""
+    return NamedSharding(mesh, Spec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (row) dimension split over data x fsdp, other dimensions whole; any rank.
+
+    The row count must be divisible by data * fsdp.
+    """
+    return NamedSharding(mesh, Spec(BATCH_AXES))
+
+
+def shard_params(params, shardings):
+    """Move a params tree (host or device arrays) onto `shardings` (same tree structure)."""
+    return jax.device_put(params, shardings)
+
+
+def global_batch(local_batch, mesh: Mesh):
+    """Arrays of the global batch from this process's rows (multi-host data loading).
+
+    Each process passes only its own rows ([B / process_count, ...] each, e.g. the rows
+    `process_rows(B)` of a batch that is a function of the step); the result is one global
+    array per leaf sharded with `batch_sharding(mesh)`, and one process gives a device_put.
+    A process's rows land on its own devices, so where its devices are not contiguous in the
+    mesh the global row order is a permutation of the concatenated local rows (row-wise losses
+    do not care; keep a GRPO group within one process).
+    """
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
+    )
+
+
+def process_rows(global_rows: int) -> slice:
+    """The slice of a global batch's rows that this process loads (contiguous, equal parts)."""
+    n, i = jax.process_count(), jax.process_index()
+    if global_rows % n:
+        raise ValueError(f"global batch of {global_rows} rows does not split over {n} processes")
+    per = global_rows // n
+    return slice(i * per, (i + 1) * per)
+
+
+def init_sharded(init_fn: Callable, shardings_of: Callable, *args):
+    """Create a pytree directly in its sharded layout; returns (tree, shardings).
+
+    `jax.eval_shape(init_fn, *args)` gives the shapes without memory, `shardings_of(abstract)`
+    the target shardings, and `jit(init_fn, out_shardings=...)` builds each shard on its own
+    device: no device ever holds the whole unsharded tree.
+    """
+    abstract = jax.eval_shape(init_fn, *args)
+    shardings = shardings_of(abstract)
+    return jax.jit(init_fn, out_shardings=shardings)(*args), shardings
+
+
+def shardings_like_params(abstract_tree, abstract_params, param_shardings_tree):
+    """Shardings for a tree that embeds copies of the params (a train state, an optax state).
+
+    Optax states mirror the params: Adam's `mu` and `nu` hold a params-shaped tree under their
+    own path prefix. A leaf whose tree path *ends with* a parameter's path and has that
+    parameter's shape gets that parameter's sharding (the longest matching path wins); every
+    other leaf (step counts, RNG keys, scalars, factored statistics) is replicated.
+    """
+    by_path = {}
+    flat_shapes, _ = jax.tree_util.tree_flatten_with_path(abstract_params)
+    flat_shardings = jax.tree.leaves(param_shardings_tree)
+    if len(flat_shapes) != len(flat_shardings):
+        raise ValueError(
+            f"abstract_params has {len(flat_shapes)} leaves, shardings {len(flat_shardings)}"
+        )
+    for (path, leaf), sharding in zip(flat_shapes, flat_shardings, strict=True):
+        by_path[tuple(path)] = (tuple(leaf.shape), sharding)
+    mesh = flat_shardings[0].mesh
+    longest = max(len(p) for p in by_path)
+
+    def pick(path, leaf):
+        shape = tuple(getattr(leaf, "shape", ()))
+        for n in range(min(longest, len(path)), 0, -1):
+            match = by_path.get(tuple(path[-n:]))
+            if match is not None and match[0] == shape:
+                return match[1]
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_tree)
+
+
+def load_hf_sharded(path, mesh: Mesh, rules: Rules, dtype="float32", **config_overrides):
+    """`hf_io.load_hf` with every tensor placed on its shard as it is read: (cfg, params)."""
+    cfg = model.ModelConfig.from_hf_config(hf_io.read_hf_config(path), **config_overrides)
+    shardings = param_shardings(cfg, mesh, rules)
+    return hf_io.load_hf(path, dtype=dtype, shardings=shardings, **config_overrides)
+
+
+def bytes_per_device(tree) -> dict[int, int]:
+    """{device id: bytes of `tree`'s shards held there} (addressable devices of this process)."""
+    totals: dict[int, int] = {}
+    for leaf in jax.tree.leaves(tree):
+        for shard in leaf.addressable_shards:
+            totals[shard.device.id] = totals.get(shard.device.id, 0) + shard.data.nbytes
+    return totals

@@ -1,0 +1,244 @@
+"""What each stage kind does per step: which batch it builds and which objective it trains.
+
+sft           supervised warm-start on worked solutions (the toy's stand-in for pretraining)
+grpo          Stage 1 (teacher) / Stage 3 and the direct baseline (student): sample G per prompt,
+              grade with the verifier, group advantages, clipped surrogate + k3 KL to the start
+forward_kl    Stage 2a: teacher rollouts generated once (cached in the stage directory), the
+              student learns KL(teacher || student) on them, teacher logits recomputed per step
+on_policy_kl  Stage 2b: student rollouts, the frozen teacher scores every token, reverse KL
+eval          no training: evaluate `init_from` on the eval splits
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from s2d_jax import evaluate, losses, rollouts, sampler, train
+from s2d_jax.experiment import StageConfig
+
+
+@dataclasses.dataclass
+class Policy:
+    """A model role's architecture with the params a stage starts from."""
+
+    cfg: object
+    params: object
+
+
+def _seed(ctx, stage: StageConfig, purpose: int) -> int:
+    """A per-stage, per-purpose seed: stages never share random streams."""
+    return int(
+        np.random.default_rng([ctx.seed, sum(map(ord, stage.name)), purpose]).integers(2**31)
+    )
+
+
+def num_steps(stage: StageConfig, pool_size: int) -> int:
+    """The stage's updates: `steps`, or `epochs` passes over the pool when steps is 0."""
+    return stage.steps or stage.epochs * -(-pool_size // stage.batch_size)
+
+
+def batch_indices(ctx, stage: StageConfig, pool_size: int, step: int):
+    """Which examples of the pool a step uses: a function of (seed, stage, step) only."""
+    return rollouts.example_indices(pool_size, stage.batch_size, _seed(ctx, stage, 0), step)
+
+
+def _sample(ctx, cfg, params, prompts, stage_or_eval, seed, num_samples):
+    s = stage_or_eval
+    tok = ctx.task.tokenizer
+    t0 = time.perf_counter()
+    rollout = sampler.generate(
+        cfg,
+        params,
+        prompts,
+        max_new_tokens=s.max_new_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=getattr(s, "top_k", 0),
+        eos_id=tok.eos_ids,
+        pad_id=tok.pad_id,
+        seed=seed,
+        num_samples=num_samples,
+        mesh=ctx.mesh,
+    )
+    lengths = np.asarray(rollout.lengths)
+    stats = {
+        "rollout/tokens": float(lengths.sum()),
+        "rollout/length_mean": float(lengths.mean()),
+        "rollout/truncated_frac": float(np.asarray(rollout.truncated).mean()),
+        "time/sample_s": time.perf_counter() - t0,
+    }
+    return rollout, stats
+
+
+# ----------------------------------------------------------------------------- per-kind batch makers
+
+
+def sft_batches(ctx, stage, policy, teacher):
+    pool = ctx.task.pool(stage.data)
+
+    def make_batch(params, step):
+        idx = batch_indices(ctx, stage, len(pool), step)
+        pairs = [ctx.task.demonstration_ids(pool[i]) for i in idx]
+        batch = rollouts.pad_sequences([p for p, _ in pairs], [t for _, t in pairs], ctx.pad_id)
+        return batch, {}
+
+    return make_batch, num_steps(stage, len(pool))
+
+
+def grpo_batches(ctx, stage, policy, teacher):
+    pool = ctx.task.pool(stage.data)
+    seed = _seed(ctx, stage, 0)
+    G = stage.samples_per_prompt
+    ref_params = policy.params  # pi_ref is the stage's starting point (paper §2.1)
+    sampling = stage.sampling
+
+    def make_batch(params, step):
+        idx = batch_indices(ctx, stage, len(pool), step)
+        prompts = [ctx.task.prompt_ids(pool[i]) for i in idx]
+        rollout, stats = _sample(ctx, policy.cfg, params, prompts, sampling, seed + step + 1, G)
+        texts = rollouts.completion_texts(rollout, ctx.task.tokenizer)
+        references = [pool[i]["answer"] for i in idx for _ in range(G)]
+        rewards_B, reward_stats = ctx.grader.grade(texts, references)
+        rewards_B = np.where(np.asarray(rollout.truncated), 0.0, rewards_B)  # truncated: reward 0
+        batch = rollouts.rollout_batch(rollout)
+        batch["advantages"] = np.asarray(
+            losses.group_advantages(
+                jnp.asarray(rewards_B), G, normalize_std=stage.grpo.normalize_std
+            )
+        )
+        if sampling.temperature != 1.0:  # the sampler's log-probs are tempered; the trainer's not
+            batch["old_logprobs"] = np.asarray(
+                train.score_tokens(policy.cfg, params, batch["tokens"], batch["attention_mask"])
+            )
+        if stage.grpo.kl_coef > 0:
+            batch["ref_logprobs"] = np.asarray(
+                train.score_tokens(policy.cfg, ref_params, batch["tokens"], batch["attention_mask"])
+            )
+        solved = rewards_B.reshape(-1, G).max(axis=1)
+        return batch, {
+            **stats,
+            **reward_stats,
+            "grpo/reward": float(rewards_B.mean()),
+            "grpo/solved_any": float(solved.mean()),
+        }
+
+    return make_batch, num_steps(stage, len(pool))
+
+
+def _teacher_rollouts(ctx, stage, teacher, stage_dir: Path):
+    """K teacher rollouts per prompt of the pool, generated once and cached (resume reuses them)."""
+    cache = stage_dir / "teacher_rollouts.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    pool = ctx.task.pool(stage.data)
+    seed = _seed(ctx, stage, 1)
+    prompts_out, completions_out = [], []
+    chunk = max(1, 256 // stage.samples_per_prompt)
+    for start in range(0, len(pool), chunk):
+        prompts = [ctx.task.prompt_ids(ex) for ex in pool[start : start + chunk]]
+        rollout, _ = _sample(
+            ctx,
+            teacher.cfg,
+            teacher.params,
+            prompts,
+            stage.sampling,
+            seed + start,
+            stage.samples_per_prompt,
+        )
+        P = rollout.prompt_mask.shape[1]
+        tokens = np.asarray(rollout.tokens)
+        for row, (pmask, cmask) in enumerate(
+            zip(np.asarray(rollout.prompt_mask), np.asarray(rollout.completion_mask), strict=True)
+        ):
+            prompts_out.append(tokens[row, :P][pmask].tolist())
+            completions_out.append(tokens[row, P:][cmask].tolist())
+    data = {"prompts": prompts_out, "completions": completions_out}
+    if jax.process_index() == 0:
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(cache)  # atomic: a kill never leaves half a cache behind
+    return data
+
+
+def forward_kl_batches(ctx, stage, policy, teacher, stage_dir):
+    data = _teacher_rollouts(ctx, stage, teacher, stage_dir)
+    n = len(data["prompts"])
+
+    def make_batch(params, step):
+        idx = batch_indices(ctx, stage, n, step)
+        batch = rollouts.pad_sequences(
+            [data["prompts"][i] for i in idx], [data["completions"][i] for i in idx], ctx.pad_id
+        )
+        return batch, {}
+
+    return make_batch, num_steps(stage, n)
+
+
+def on_policy_kl_batches(ctx, stage, policy, teacher):
+    pool = ctx.task.pool(stage.data)
+    seed = _seed(ctx, stage, 0)
+
+    def make_batch(params, step):
+        idx = batch_indices(ctx, stage, len(pool), step)
+        prompts = [ctx.task.prompt_ids(pool[i]) for i in idx]
+        rollout, stats = _sample(
+            ctx,
+            policy.cfg,
+            params,
+            prompts,
+            stage.sampling,
+            seed + step + 1,
+            stage.samples_per_prompt,
+        )
+        batch = rollouts.rollout_batch(rollout)
+        if stage.sampling.temperature != 1.0:
+            batch["old_logprobs"] = np.asarray(
+                train.score_tokens(policy.cfg, params, batch["tokens"], batch["attention_mask"])
+            )
+        return batch, stats
+
+    return make_batch, num_steps(stage, len(pool))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_policy(ctx, cfg, params, out_dir: Path | None, tag: str) -> dict:
+    """avg@k ± SE, pass@k, maj@k on every eval split; per-sample JSONL + summary JSON in out_dir."""
+    e = ctx.eval_cfg
+    results = {}
+    for split in e.splits:
+        pool = ctx.task.pool(split)
+        if e.max_problems:
+            pool = pool[: e.max_problems]
+        completions = []
+        for start in range(0, len(pool), e.batch_size):
+            chunk = pool[start : start + e.batch_size]
+            prompts = [ctx.task.prompt_ids(ex) for ex in chunk]
+            rollout, _ = _sample(ctx, cfg, params, prompts, e, ctx.seed + 7919 + start, e.samples)
+            texts = rollouts.completion_texts(rollout, ctx.task.tokenizer)
+            completions += [texts[i : i + e.samples] for i in range(0, len(texts), e.samples)]
+        correct_PK, answers, records, _ = evaluate.score_completions(
+            ctx.grader, [ex["id"] for ex in pool], completions, [ex["answer"] for ex in pool]
+        )
+        levels = [ex["level"] for ex in pool]
+        summary = evaluate.summarize(
+            correct_PK,
+            answers=answers,
+            groups={"level": levels} if max(levels) >= 0 else None,
+            pass_ks=sorted({1, e.samples}),
+            prefix=f"eval/{split}",
+        )
+        if out_dir is not None and jax.process_index() == 0:
+            evaluate.write_eval_outputs(
+                str(Path(out_dir) / f"eval_{tag}" / split), records, summary
+            )
+        results.update(summary)
+    return results

@@ -1,0 +1,304 @@
+"""Will it fit? Per-device memory of the train step and the sampler, compiled ahead of time.
+
+    python -m s2d_jax.tools.fit --preset qwen3_8b --devices 8 --mesh 1,8,1 --batch 8 --seq 4096
+    python -m s2d_jax.tools.fit --preset qwen3_1.7b --devices 1 --mesh 1,1,1 --hbm_gib 80 --json f.json
+
+Nothing is allocated: the model, the train state (params + AdamW moments) and the batch are
+abstract (`jax.ShapeDtypeStruct` with their shardings), and each function is lowered and
+compiled (`jax.jit(...).lower(...).compile()`) for `--devices` fake CPU devices arranged as
+`--mesh data,fsdp,tensor`; `compiled.memory_analysis()` then gives the bytes of one device:
+arguments, outputs, the part of them aliased (donated state, cache), temporaries, and
+total = arguments + outputs - aliased + temporaries.
+
+Three programs are compiled: the train step (`train.jit_train_step`, TRAIN_RULES, state
+donated; `--objective` picks the loss, the distillation ones also take `--teacher_preset`'s frozen
+params), the sampler's prefill (`model.decode` over the prompt, cache donated) and one sampler
+decode step (`model.decode` with T = 1), both under SAMPLE_RULES.
+
+These are estimates for TPU/GPU: the CPU compiler makes its own fusion, layout and scheduling
+choices, so treat temporaries as approximate (about +-30%); arguments and outputs (params,
+optimizer state, KV cache) are exact. For bfloat16, temporaries are the smaller of a bfloat16 and
+a float32 compile's (see `fit_report`: each over-estimates an accelerator in its own way).
+jax can compile for a TPU or GPU topology it is not running on only with that platform's
+compiler plugin installed (libtpu / jax-cuda); this tool uses fake CPU devices instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+
+GIB = 2**30
+
+
+def _use_fake_cpu_devices(n: int) -> None:
+    """Ask for `n` CPU devices; must run before jax starts its backend (so before importing it)."""
+    if "jax" in sys.modules:
+        import jax
+
+        if jax.device_count() != n:
+            raise RuntimeError(
+                f"jax is already running with {jax.device_count()} devices; --devices {n} needs "
+                "a fresh process (run `python -m s2d_jax.tools.fit ...`)"
+            )
+        return
+    flags = re.sub(
+        r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")
+    )
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+def memory_of(compiled) -> dict[str, int]:
+    """Bytes of one device from a compiled executable's memory analysis."""
+    m = compiled.memory_analysis()
+    out = {
+        "arguments": m.argument_size_in_bytes,
+        "outputs": m.output_size_in_bytes,
+        "aliased": m.alias_size_in_bytes,
+        "temps": m.temp_size_in_bytes,
+    }
+    out["total"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temps"]
+    return out
+
+
+def _abstract(tree, shardings):
+    import jax
+
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+def train_step_memory(model_cfg, mesh, *, batch: int, seq: int, step_cfg, teacher_cfg=None):
+    """Compile `train.jit_train_step` for a [batch, seq] batch on `mesh`; per-device bytes."""
+    import jax
+    import jax.numpy as jnp
+
+    from s2d_jax import model, train
+    from s2d_jax import sharding as sh
+
+    abstract_params = model.abstract_params(model_cfg)
+    p_shardings = sh.param_shardings(model_cfg, mesh, sh.TRAIN_RULES)
+    state = jax.eval_shape(
+        lambda p: train.init_train_state(model_cfg, step_cfg.optimizer, p, jax.random.key(0)),
+        abstract_params,
+    )
+    state_shardings = sh.shardings_like_params(state, abstract_params, p_shardings)
+    B, T = batch, seq
+    shapes = {
+        "tokens": ((B, T), jnp.int32),
+        "attention_mask": ((B, T), jnp.bool_),
+        "loss_mask": ((B, T - 1), jnp.float32),
+        "old_logprobs": ((B, T - 1), jnp.float32),
+        "ref_logprobs": ((B, T - 1), jnp.float32),
+        "advantages": ((B,), jnp.float32),
+    }
+    batch_sharding = sh.batch_sharding(mesh)
+    abstract_batch = {
+        k: jax.ShapeDtypeStruct(*shapes[k], sharding=batch_sharding) for k in step_cfg.batch_keys()
+    }
+    args = [_abstract(state, state_shardings)]
+    kwargs = dict(state_sharding=state_shardings, batch_sharding=batch_sharding)
+    if teacher_cfg is not None:
+        t_shardings = sh.param_shardings(teacher_cfg, mesh, sh.TRAIN_RULES)
+        args.append(_abstract(model.abstract_params(teacher_cfg), t_shardings))
+        kwargs["teacher_sharding"] = t_shardings
+    args.append(abstract_batch)
+    start = time.time()
+    step = train.jit_train_step(step_cfg, model_cfg, teacher_cfg, **kwargs)
+    compiled = step.lower(*args).compile()
+    return memory_of(compiled) | {"compile_s": round(time.time() - start, 1)}
+
+
+def sampler_memory(model_cfg, mesh, *, batch: int, prompt_len: int, cache_len: int):
+    """Compile the sampler's prefill ([batch, prompt_len]) and one decode step; per-device bytes."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as Spec
+
+    from s2d_jax import model
+    from s2d_jax import sharding as sh
+
+    rules = sh.SAMPLE_RULES
+    p_shardings = sh.param_shardings(model_cfg, mesh, rules)
+    params = _abstract(model.abstract_params(model_cfg), p_shardings)
+    c_shardings = sh.cache_shardings(model_cfg, mesh, rules, batch, cache_len)
+    cache = _abstract(
+        jax.eval_shape(lambda: model.init_cache(model_cfg, batch, cache_len)), c_shardings
+    )
+    rows = NamedSharding(mesh, sh.logical_to_spec(("act_batch",), rules, mesh, (batch,)))
+    index = jax.ShapeDtypeStruct((), jnp.int32, sharding=sh.replicated(mesh))
+    kv_mask = jax.ShapeDtypeStruct((batch, cache_len), jnp.bool_, sharding=rows)
+    vocab = sh.logical_to_spec(("act_vocab",), rules, mesh, (model_cfg.vocab_size,))[0]
+    logits_sharding = NamedSharding(mesh, Spec(rows.spec[0], None, vocab))
+
+    def prefill(params, tokens, positions, cache, index, kv_mask):
+        return model.decode(model_cfg, params, tokens, positions, cache, index, kv_mask)[1]
+
+    def decode_step(params, tokens, positions, cache, index, kv_mask):
+        return model.decode(model_cfg, params, tokens, positions, cache, index, kv_mask)
+
+    out = {}
+    for name, fn, T, out_shardings in (
+        ("prefill", prefill, prompt_len, c_shardings),
+        ("decode_step", decode_step, 1, (logits_sharding, c_shardings)),
+    ):
+        tokens = jax.ShapeDtypeStruct((batch, T), jnp.int32, sharding=rows)
+        start = time.time()
+        jitted = jax.jit(fn, out_shardings=out_shardings, donate_argnums=(3,))
+        compiled = jitted.lower(params, tokens, tokens, cache, index, kv_mask).compile()
+        out[name] = memory_of(compiled) | {"compile_s": round(time.time() - start, 1)}
+    return out
+
+
+def _compile_all(args, dtype: str, mesh) -> dict:
+    """{program: per-device bytes} for the train step and (unless skipped) the sampler."""
+    from s2d_jax import model, train
+
+    dtypes = dict(param_dtype=dtype, compute_dtype=dtype)
+    layers = {"n_layers": args.layers} if args.layers else {}
+    model_cfg = model.ModelConfig.preset(args.preset, **dtypes, **layers)
+    teacher_cfg = None
+    if args.objective in train.TEACHER_OBJECTIVES:
+        if not args.teacher_preset:
+            raise SystemExit(f"--objective {args.objective} needs --teacher_preset")
+        teacher_cfg = model.ModelConfig.preset(args.teacher_preset, **dtypes)
+    step_cfg = train.StepConfig(
+        args.objective,
+        train.OptimizerConfig(lr=1e-6),
+        micro_batches=args.micro_batches,
+        kl_coef=args.kl_coef,
+    )
+    out = {
+        "train_step": train_step_memory(
+            model_cfg,
+            mesh,
+            batch=args.batch,
+            seq=args.seq,
+            step_cfg=step_cfg,
+            teacher_cfg=teacher_cfg,
+        )
+    }
+    if not args.skip_sampler:
+        batch = args.sample_batch or args.batch
+        out |= sampler_memory(
+            model_cfg, mesh, batch=batch, prompt_len=args.prompt_len, cache_len=args.seq
+        )
+    return out
+
+
+def fit_report(args: argparse.Namespace) -> dict:
+    """Compile everything for the parsed arguments (jax already set up); returns the figures.
+
+    With bfloat16 the programs are compiled twice. Arguments and outputs come from the bfloat16
+    compile (exact). For temporaries each compile over-estimates an accelerator in its own way:
+    the CPU compiler has no bfloat16 matmuls and keeps a float32 copy of the bfloat16 weights
+    (hoisted out of the layer loop: ~2x the weights' bytes, never allocated on TPU/GPU), while
+    the float32 compile has float32 activations and gradients (>= their bfloat16 sizes). The
+    smaller of the two is reported as `temps` (an upper bound either way), the bfloat16 figure
+    also as `temps_cpu_bf16` and the float32 one as `temps_f32`.
+    """
+    import jax
+
+    from s2d_jax import model
+    from s2d_jax import sharding as sh
+
+    mesh = sh.make_mesh(sh.MeshConfig(*args.mesh), jax.devices()[: args.devices])
+    layers = {"n_layers": args.layers} if args.layers else {}
+    report = {
+        "preset": args.preset,
+        "params": model.count_params(
+            model.abstract_params(model.ModelConfig.preset(args.preset, **layers))
+        ),
+        "dtype": args.dtype,
+        "mesh": dict(mesh.shape),
+        "devices": f"{args.devices} fake CPU devices",
+        "hbm_gib": args.hbm_gib,
+    }
+    programs = _compile_all(args, args.dtype, mesh)
+    if args.dtype == "bfloat16":
+        for name, f32 in _compile_all(args, "float32", mesh).items():
+            m = programs[name]
+            m["temps_cpu_bf16"], m["temps_f32"] = m["temps"], f32["temps"]
+            m["temps"] = min(m["temps_cpu_bf16"], m["temps_f32"])
+            m["total"] = m["arguments"] + m["outputs"] - m["aliased"] + m["temps"]
+            m["compile_s"] += f32["compile_s"]
+    return report | programs
+
+
+def format_report(report: dict, args: argparse.Namespace) -> str:
+    budget = report["hbm_gib"] * GIB
+    mesh = ", ".join(f"{k}={v}" for k, v in report["mesh"].items())
+    lines = [
+        f"{report['preset']}: {report['params'] / 1e6:,.1f} M params in {report['dtype']}, "
+        f"mesh ({mesh}) on {report['devices']}; per-device GiB, budget {report['hbm_gib']}",
+    ]
+    titles = {
+        "train_step": f"train step ({args.objective}, batch {args.batch} x {args.seq})",
+        "prefill": f"sampler prefill (batch {args.sample_batch or args.batch}, "
+        f"prompt {args.prompt_len}, cache {args.seq})",
+        "decode_step": "sampler decode step",
+    }
+    for key, title in titles.items():
+        if key in report:
+            m = report[key]
+            verdict = "fits" if m["total"] <= budget else "DOES NOT FIT"
+            lines.append(
+                f"  {title:55s} args {m['arguments'] / GIB:7.2f}  out {m['outputs'] / GIB:7.2f}  "
+                f"aliased {m['aliased'] / GIB:7.2f}  temps {m['temps'] / GIB:7.2f}  "
+                f"total {m['total'] / GIB:7.2f}  {verdict}"
+            )
+    if report["dtype"] == "bfloat16":
+        lines.append(
+            "  (temps: the smaller of a bfloat16 and a float32 CPU compile; see fit_report)"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", required=True, help="model.ModelConfig preset, e.g. qwen3_8b")
+    parser.add_argument("--devices", type=int, default=8, help="devices of the target mesh")
+    parser.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (-1: the rest)")
+    parser.add_argument("--batch", type=int, default=8, help="train rows per step (global)")
+    parser.add_argument("--seq", type=int, default=4096, help="train tokens per row = cache slots")
+    parser.add_argument("--sample_batch", type=int, default=0, help="sampler rows (0: --batch)")
+    parser.add_argument("--prompt_len", type=int, default=512, help="sampler prompt slots")
+    parser.add_argument("--objective", default="grpo", help="train.OBJECTIVES entry")
+    parser.add_argument("--teacher_preset", default="", help="for distillation objectives")
+    parser.add_argument("--micro_batches", type=int, default=1)
+    parser.add_argument("--kl_coef", type=float, default=0.0, help=">0 adds ref log-probs")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    parser.add_argument("--layers", type=int, default=0, help="override n_layers (0: preset's)")
+    parser.add_argument("--hbm_gib", type=float, default=80.0, help="per-device memory budget")
+    parser.add_argument("--platform", default="cpu", choices=("cpu",), help="compile target")
+    parser.add_argument("--skip_sampler", action="store_true")
+    parser.add_argument("--json", default="", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    try:
+        args.mesh = tuple(int(x) for x in args.mesh.split(","))
+        assert len(args.mesh) == 3
+    except (ValueError, AssertionError):
+        parser.error(f"--mesh must be three comma-separated ints data,fsdp,tensor, got {args.mesh}")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    _use_fake_cpu_devices(args.devices)
+    report = fit_report(args)
+    print(format_report(report, args))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Every config in configs/ builds, validates, and runs shrunk to tiny random models and data.
+
+The paper's configs need local Hugging Face checkpoints and a DAPO file: tiny random Qwen3
+checkpoints with a tiny chat tokenizer and a DAPO-shaped JSONL are made here.
+"""
+
+import importlib
+import json
+import pkgutil
+from pathlib import Path
+
+import jax
+import pytest
+from conftest import shrink_config
+from test_data import build_hf_tokenizer
+
+import configs
+from configs import eval as eval_config
+from configs import paper, smollm2_gsm8k, toy_arith
+from s2d_jax import hf_io, model, pipeline
+
+
+def test_every_config_file_is_covered():
+    names = {m.name for m in pkgutil.iter_modules(configs.__path__)} - {"common"}
+    assert names == {"toy_arith", "paper", "eval", "smollm2_gsm8k"}, "add the new config here"
+    for name in names:
+        assert importlib.import_module(f"configs.{name}").__doc__.count("python -m s2d_jax.main")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Tiny random teacher and student Qwen3 checkpoints sharing a chat tokenizer, and DAPO rows."""
+    root = tmp_path_factory.mktemp("paper")
+    tok_dir = root / "tok"
+    tokenizer = build_hf_tokenizer(str(tok_dir))
+    vocab = tokenizer.get_vocab_size()
+    paths = {}
+    for role, preset in (("teacher", "toy_tiny"), ("student", "toy_tiny")):
+        cfg = model.ModelConfig.preset(preset, vocab_size=vocab)
+        path = root / role
+        hf_io.save_hf(path, cfg, model.init_params(cfg, jax.random.key(len(role))))
+        for f in tok_dir.iterdir():
+            (path / f.name).write_bytes(f.read_bytes())
+        paths[role] = str(path)
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"What is {i}+{i}?"}],
+            "reward_model": {"ground_truth": str(2 * i)},
+            "extra_info": {"index": str(i)},
+        }
+        for i in range(12)
+    ]
+    data = root / "dapo.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paths["data"] = str(data)
+    return paths
+
+
+def _paper(arm, paths, **extra):
+    arg = f"arm={arm},teacher_path={paths['teacher']},student_path={paths['student']},"
+    arg += f"data_path={paths['data']}"
+    config = paper.get_config(arg)
+    for role in config.models:
+        config.models[role].preset = ""  # tiny checkpoints, not the paper's sizes
+        config.models[role].update(dtype="float32", compute_dtype="float32")
+    config.eval.splits = "math500"
+    return shrink_config(config, **extra)
+
+
+@pytest.mark.parametrize("arm", paper.ARMS)
+def test_paper_arms_validate(arm, checkpoints):
+    plan = pipeline.validate(_paper(arm, checkpoints))
+    kinds = [s.kind for s in plan.stages]
+    assert ("grpo" in kinds) == (arm not in ("raw",))
+    assert ("forward_kl" in kinds) == (arm not in ("direct", "no_fkl"))
+    assert ("on_policy_kl" in kinds) == (arm not in ("direct", "no_opd"))
+    if arm in ("half", "replay", "sft_teacher"):
+        assert plan.stages[-1].name == "stage3"
+        assert plan.stages[-1].data == ("train_1h" if arm == "replay" else "train_2h")
+
+
+def test_paper_config_requires_paths():
+    with pytest.raises(ValueError, match=r"config\.models\.(teacher|student)\.hf_path is required"):
+        pipeline.validate(paper.get_config("arm=full"))
+
+
+def test_paper_config_requires_data_path(checkpoints):
+    config = _paper("full", checkpoints)
+    config.task.train_path = ""
+    with pytest.raises(ValueError, match=r"config\.task\.train_path is required"):
+        pipeline.validate(config)
+
+
+def test_paper_pair_dimensions_are_checked(checkpoints):
+    config = paper.get_config(
+        f"arm=direct,teacher_path={checkpoints['teacher']},student_path={checkpoints['student']},"
+        f"data_path={checkpoints['data']}"
+    )
+    with pytest.raises(ValueError, match="is not a qwen3_1.7b checkpoint"):
+        pipeline.validate(config)
+
+
+def test_paper_half_split_runs(checkpoints, tmp_path):
+    """Stage 1 on 1H, bridge, Stage 3 on 2H: every stage kind on HF checkpoints + chat template."""
+    summaries = pipeline.run(_paper("half", checkpoints, new_tokens=6), tmp_path)
+    assert list(summaries) == ["teacher_grpo", "fkl", "opd", "stage3"]
+    assert "eval/math500/avg@2" in summaries["stage3"]
+    assert (tmp_path / "export_hf" / "config.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arm", [a for a in paper.ARMS if a != "half"])
+def test_paper_arms_run(arm, checkpoints, tmp_path):
+    summaries = pipeline.run(_paper(arm, checkpoints, new_tokens=6), tmp_path)
+    assert all("eval/math500/avg@2" in s for s in summaries.values())
+
+
+def test_eval_config_runs(checkpoints, tmp_path, capsys):
+    config = eval_config.get_config(f"model_path={checkpoints['student']},dtype=float32")
+    config = shrink_config(config, new_tokens=6)
+    summaries = pipeline.run(config, tmp_path)
+    assert summaries["eval"]["eval/math500/problems"] == 4
+    assert (tmp_path / "eval" / "eval_final" / "math500" / "samples.jsonl").exists()
+    assert "eval/math500/avg@2" in capsys.readouterr().out
+
+
+def test_smollm2_config_validates_and_names_missing_checkpoint(tmp_path):
+    config = smollm2_gsm8k.get_config(f"model_path={tmp_path / 'missing'}")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        pipeline.validate(config)
+
+
+def test_smollm2_config_runs_on_a_tiny_llama(tmp_path, checkpoints):
+    """The real-model config with its checkpoint swapped for a tiny random Llama."""
+    cfg = model.ModelConfig.preset(
+        "toy_tiny",
+        vocab_size=model.ModelConfig.from_hf_config(
+            hf_io.read_hf_config(checkpoints["student"])
+        ).vocab_size,
+        family="llama",
+        qk_norm=False,
+        max_seq_len=2048,  # the tiny byte-level tokenizer makes GSM8K chat prompts long
+    )
+    path = tmp_path / "llama"
+    hf_io.save_hf(path, cfg, model.init_params(cfg, jax.random.key(3)))
+    for f in Path(checkpoints["student"]).iterdir():
+        if "token" in f.name or f.name == "chat_template.jinja":
+            (path / f.name).write_bytes(f.read_bytes())
+    config = smollm2_gsm8k.get_config(f"model_path={path}")
+    config.models.student.preset = ""
+    summaries = pipeline.run(shrink_config(config, new_tokens=6), tmp_path / "run")
+    assert "eval/gsm8k/avg@2" in summaries["grpo"] and "eval/gsm8k/avg@2" in summaries["before"]
+
+
+def test_toy_config_variants():
+    full = toy_arith.get_config()
+    assert "stage3" in full.stages and full.stages.student_sft.steps == 110
+    small = toy_arith.get_config("scale=0.1,stage3=false")
+    assert "stage3" not in small.stages and small.stages.student_sft.steps == 11
+    with pytest.raises(KeyError, match="stage_3"):
+        toy_arith.get_config("stage_3=false")
+    pipeline.validate(full)

@@ -1,0 +1,143 @@
+"""Multi-host JAX on one machine, and checkpoints that move between mesh shapes.
+
+Two Python processes on 127.0.0.1 (2 fake CPU devices each, gloo collectives) run
+`s2d_jax.tools.multihost_smoke`: a 4-device global mesh, each process loading only its own rows,
+sharded updates, an orbax checkpoint saved and restored by both. The result must equal the same
+`run` on 4 devices of this single process (the reference: one controller, same mesh shape).
+The fast test uses the smoke script's `--quick` step (plain optax SGD on a linear model); the
+slow one runs `train.train_step` with the GRPO objective (its compile takes ~30 s per process).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as Spec
+
+from s2d_jax import checkpoints, model, train
+from s2d_jax import sharding as sh
+from s2d_jax.tools import multihost_smoke
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_two_processes(workdir: Path, extra_args: list[str], timeout: float) -> dict:
+    """Run the smoke script as processes 0 and 1; return process 0's result.json."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["JAX_PLATFORMS"] = "cpu"
+    address = f"127.0.0.1:{_free_port()}"
+    procs, logs = [], []
+    for i in range(2):
+        log = open(workdir / f"process_{i}.log", "w")  # noqa: SIM115 (closed below)
+        cmd = [sys.executable, "-m", "s2d_jax.tools.multihost_smoke", "--coordinator", address]
+        cmd += ["--num_processes", "2", "--process_id", str(i), "--workdir", str(workdir)]
+        procs.append(subprocess.Popen(cmd + extra_args, cwd=REPO, env=env, stdout=log, stderr=log))
+        logs.append(log)
+    try:
+        codes = [p.wait(timeout=timeout) for p in procs]
+    except subprocess.TimeoutExpired:
+        codes = None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()  # jax's preemption notifier swallows SIGTERM
+                p.wait()
+        for log in logs:
+            log.close()
+    tails = "\n".join(
+        f"--- process {i}:\n" + (workdir / f"process_{i}.log").read_text()[-3000:] for i in range(2)
+    )
+    assert codes == [0, 0], f"exit codes {codes} (None: timed out after {timeout} s)\n{tails}"
+    return json.loads((workdir / "result.json").read_text())
+
+
+def _check_against_single_process(result: dict, reference: dict):
+    assert result["process_count"] == 2 and reference["process_count"] == 1
+    assert result["devices"] == reference["devices"] == 4
+    assert result["restored_equal"] and result["restored_sharding_equal"]
+    assert result["meta_step"] == len(result["losses"])
+    np.testing.assert_allclose(result["losses"], reference["losses"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result["param_abs_sum"], reference["param_abs_sum"], rtol=1e-5)
+    assert len(set(result["losses"])) == len(result["losses"])  # the steps did change the params
+
+
+def _reference(tmp_path: Path, quick: bool) -> dict:
+    mesh = sh.make_mesh(multihost_smoke.MESH, devices=jax.devices()[:4])
+    return multihost_smoke.run(tmp_path / "reference", mesh, steps=3, quick=quick)
+
+
+def test_two_processes_quick_step_save_restore(tmp_path):
+    result = _launch_two_processes(tmp_path, ["--quick", "--steps", "3"], timeout=240)
+    assert result["mode"] == "quick"
+    _check_against_single_process(result, _reference(tmp_path, quick=True))
+
+
+@pytest.mark.slow
+def test_two_processes_grpo_steps_save_restore(tmp_path):
+    result = _launch_two_processes(tmp_path, ["--steps", "3"], timeout=600)
+    assert result["mode"] == "grpo"
+    _check_against_single_process(result, _reference(tmp_path, quick=False))
+
+
+def test_checkpoint_restores_onto_another_mesh_shape(tmp_path):
+    """A train state saved sharded on (1, 8, 1) restores onto (2, 2, 2) with the new layout."""
+    cfg = model.ModelConfig.preset("toy_tiny")
+    opt = train.OptimizerConfig(lr=1e-3)
+    # Host-side random params: eager `model.init_params` compiles one kernel per leaf (slow here).
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(
+        lambda a: rng.standard_normal(a.shape).astype(a.dtype), model.abstract_params(cfg)
+    )
+    host_state = train.init_train_state(cfg, opt, params, 3)
+    # Non-zero Adam moments, so a wrong mapping of mu/nu onto params would show.
+    host_state = host_state.replace(
+        opt_state=jax.tree.map(lambda x: x + 0.5 if x.ndim else x, host_state.opt_state)
+    )
+
+    def state_shardings(mesh_shape):
+        mesh = sh.make_mesh(sh.MeshConfig(*mesh_shape))
+        abstract = jax.eval_shape(lambda s: s, host_state)
+        p = sh.param_shardings(cfg, mesh, sh.TRAIN_RULES)
+        return abstract, sh.shardings_like_params(abstract, model.abstract_params(cfg), p)
+
+    _, saved_shardings = state_shardings((1, 8, 1))
+    saved = jax.device_put(host_state, saved_shardings)
+    assert saved.params["layers"]["wq"].sharding.spec[1] == "fsdp"
+    manager = checkpoints.state_manager(tmp_path / "stage", save_every=1)
+    checkpoints.save_state(manager, 7, saved, {"step": 7}, force=True)
+
+    abstract, target_shardings = state_shardings((2, 2, 2))
+    target = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, target_shardings
+    )
+    restored, meta = checkpoints.restore_latest(manager, target)
+    assert meta["step"] == 7
+    for got, want, sharding in zip(
+        jax.tree.leaves(restored),
+        jax.tree.leaves(host_state),
+        jax.tree.leaves(target_shardings),
+        strict=True,
+    ):
+        assert got.sharding.is_equivalent_to(sharding, got.ndim)
+        if jax.dtypes.issubdtype(got.dtype, jax.dtypes.prng_key):
+            got, want = jax.random.key_data(got), jax.random.key_data(want)
+        np.testing.assert_array_equal(jax.device_get(got), jax.device_get(want))
+    # Adam's mu and nu took the (2, 2, 2) layout of the parameter they mirror.
+    wq = restored.params["layers"]["wq"]
+    moments = [x for x in jax.tree.leaves(restored.opt_state) if x.shape == wq.shape]
+    assert len(moments) == 2
+    assert wq.sharding.spec == Spec(None, "fsdp", "tensor", None)
+    assert all(m.sharding.spec == wq.sharding.spec for m in moments), [m.sharding for m in moments]

@@ -1,0 +1,161 @@
+"""The four-stage pipeline end to end on the toy task, plus its failure behaviour."""
+
+import numpy as np
+import pytest
+from conftest import shrink_config
+
+from configs import toy_arith
+from s2d_jax import checkpoints, metrics, model, pipeline
+
+KINDS_STAGES = ("student_sft", "teacher_sft", "teacher_grpo", "fkl", "opd")
+
+
+def _toy(**kwargs):
+    return shrink_config(toy_arith.get_config("stage3=false"), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """One two-step run of every stage kind (sft, grpo, forward_kl, on_policy_kl)."""
+    workdir = tmp_path_factory.mktemp("toy")
+    config = _toy(keep_stages=KINDS_STAGES)
+    summaries = pipeline.run(config, workdir)
+    return config, workdir, summaries
+
+
+def test_every_stage_kind_runs_two_steps(toy_run):
+    _, workdir, summaries = toy_run
+    assert list(summaries) == ["student_sft", "teacher_sft", "teacher_grpo", "fkl", "opd"]
+    for name in KINDS_STAGES:
+        rows = metrics.read_metrics(workdir / name)
+        assert [r["step"] for r in rows] == [1, 2], name
+        assert all(np.isfinite(r["train/loss"]) for r in rows), name
+        assert checkpoints.is_done(workdir / name)
+        assert (workdir / name / "params").exists()
+        assert (workdir / name / "eval_final" / "test" / "samples.jsonl").exists()
+        assert "eval/test/avg@2" in summaries[name]
+    assert "grpo/reward" in metrics.read_metrics(workdir / "teacher_grpo")[0]
+    assert "c2/forward_before" in summaries["fkl"]
+    assert (workdir / "report.md").read_text().count("|") > 10
+    assert (workdir / "curves.png").stat().st_size > 1000
+    assert list((workdir / "teacher_grpo" / "tensorboard").iterdir())
+
+
+def test_stage_hand_off_uses_previous_params(toy_run):
+    """opd starts from fkl's export: its first-step student differs from student_sft's."""
+    _, workdir, _ = toy_run
+    cfg = model.ModelConfig.preset("toy_tiny", vocab_size=22)
+    target = model.abstract_params(cfg)
+    sft = checkpoints.load_exported_params(workdir / "student_sft", target)
+    fkl = checkpoints.load_exported_params(workdir / "fkl", target)
+    assert not np.array_equal(sft["embed"], fkl["embed"])
+
+
+def test_finished_stages_are_skipped(toy_run, capsys):
+    config, workdir, summaries = toy_run
+    mtimes = {n: (workdir / n / "metrics.jsonl").stat().st_mtime for n in KINDS_STAGES}
+    again = pipeline.run(config, workdir)
+    assert again.keys() == summaries.keys()
+    assert capsys.readouterr().out.count("finished earlier: skipped") == len(KINDS_STAGES)
+    assert mtimes == {n: (workdir / n / "metrics.jsonl").stat().st_mtime for n in KINDS_STAGES}
+
+
+def test_final_student_exports_to_transformers(toy_run):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    _, workdir, _ = toy_run
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        workdir / "export_hf", dtype=torch.float32
+    )
+    cfg = model.ModelConfig.preset("toy_tiny", vocab_size=22)
+    params = checkpoints.load_exported_params(workdir / "opd", model.abstract_params(cfg))
+    tokens = np.array([[2, 5, 6, 7, 8, 9]])
+    ours = model.forward(cfg, params, tokens, np.ones_like(tokens, bool))
+    with torch.no_grad():
+        ref = hf(torch.tensor(tokens)).logits.numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
+
+
+def test_unknown_stage_key_is_named(tmp_path):
+    config = _toy(keep_stages=("student_sft",))
+    config.stages.student_sft.learning_rate = 0.1
+    with pytest.raises(KeyError, match="learning_rate"):
+        pipeline.run(config, tmp_path)
+    assert not list(tmp_path.iterdir())  # failed before writing anything
+
+
+def test_main_rejects_unknown_flag_override(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "s2d_jax.main",
+            "--config",
+            "configs/toy_arith.py",
+            "--workdir",
+            str(tmp_path),
+            "--config.stages.student_sft.lrr=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "lrr" in out.stderr
+
+
+def test_missing_checkpoint_is_named_before_compute(tmp_path):
+    config = _toy(keep_stages=("student_sft",))
+    config.stages.student_sft.init_from = str(tmp_path / "no_such_checkpoint")
+    with pytest.raises(ValueError, match="no_such_checkpoint"):
+        pipeline.run(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_model_path_is_named(tmp_path):
+    config = _toy(keep_stages=("student_sft",))
+    config.models.teacher.hf_path = str(tmp_path / "Qwen3-8B")
+    with pytest.raises(FileNotFoundError, match=r"config\.models\.teacher\.hf_path.*Qwen3-8B"):
+        pipeline.run(config, tmp_path / "run")
+
+
+def _poison_grpo(monkeypatch, bad_step):
+    """Make the GRPO batch of `bad_step` give a NaN loss (NaN advantages, as a broken reward would)."""
+    from s2d_jax import stages
+
+    original = stages.grpo_batches
+
+    def poisoned(ctx, stage, policy, teacher):
+        make_batch, total = original(ctx, stage, policy, teacher)
+
+        def make(params, step):
+            batch, extra = make_batch(params, step)
+            if step == bad_step:
+                batch = dict(batch, advantages=batch["advantages"] * np.nan)
+            return batch, extra
+
+        return make, total
+
+    monkeypatch.setitem(pipeline.STAGES, "grpo", poisoned)
+
+
+def test_nan_batch_is_skipped_and_counted(tmp_path, monkeypatch):
+    """A batch that makes the loss NaN leaves params untouched, is counted, and the run goes on."""
+    _poison_grpo(monkeypatch, bad_step=1)
+    config = _toy(keep_stages=("student_sft", "direct_grpo"), steps=3)
+    summaries = pipeline.run(config, tmp_path)
+    rows = metrics.read_metrics(tmp_path / "direct_grpo")
+    assert [r["train/skipped"] for r in rows] == [0.0, 1.0, 0.0]
+    assert summaries["direct_grpo"]["train/skipped_total"] == 1.0
+
+
+def test_nan_policy_raise_names_step_and_metric(tmp_path, monkeypatch):
+    _poison_grpo(monkeypatch, bad_step=0)
+    config = _toy(keep_stages=("student_sft", "direct_grpo"))
+    config.nan_policy = "raise"
+    with pytest.raises(FloatingPointError, match=r"step 1: metric train/loss"):
+        pipeline.run(config, tmp_path)
+    assert not (tmp_path / "direct_grpo" / "DONE").exists()

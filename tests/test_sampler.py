@@ -1,0 +1,373 @@
+"""The rollout sampler against independent references: transformers' greedy `generate`, the
+trainer-side log-probs of `model.forward`, NumPy's truncated distributions, and itself under
+re-batching, re-sharding and re-seeding.
+
+Models are tiny random HF models with weights scaled up (ENV_NOTES "a trap"), so greedy decoding
+is not degenerate and a wrong rope, cache slot or mask changes the tokens.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from s2d_jax import hf_io, model, sampler  # noqa: E402
+
+SMALL = dict(
+    vocab_size=97,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=256,
+)
+FAMILIES = {
+    "qwen3": dict(rope_theta=10_000.0, tie_word_embeddings=True),
+    "llama": dict(
+        rope_theta=500_000.0,
+        tie_word_embeddings=False,
+        attention_bias=True,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=32,
+        ),
+    ),
+}
+PAD = 0
+N_NEW = 32
+
+
+def _random_prompts(lengths, vocab, seed):
+    rng = np.random.default_rng(seed)
+    return [[int(t) for t in rng.integers(1, vocab, n)] for n in lengths]
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family_model(request, tmp_path_factory):
+    """(hf torch model, cfg, params) with the same weights."""
+    torch.manual_seed(0)
+    kwargs = {**SMALL, **FAMILIES[request.param]}
+    if request.param == "qwen3":
+        hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**kwargs))
+    else:
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kwargs))
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.15 * torch.randn_like(p))
+    hf.eval()
+    path = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(path)
+    cfg, params = hf_io.load_hf(path)
+    return hf, cfg, params
+
+
+def _hf_greedy(hf, prompts, eos):
+    """transformers' greedy completions [B, N_NEW] (pad after EOS, and past an early stop)."""
+    width = max(map(len, prompts))
+    ids = np.full((len(prompts), width), PAD)
+    mask = np.zeros((len(prompts), width), np.int64)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :], mask[i, width - len(p) :] = p, 1
+    with torch.no_grad():
+        out = hf.generate(
+            torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            max_new_tokens=N_NEW,
+            do_sample=False,
+            pad_token_id=PAD,
+            eos_token_id=eos,
+        ).numpy()[:, width:]
+    return np.pad(out, ((0, 0), (0, N_NEW - out.shape[1])), constant_values=PAD)
+
+
+def _check_eos_layout(rollout, eos_ids):
+    """EOS ends a row (included, mask True), pad and mask False after; truncated = no EOS."""
+    P = rollout.prompt_mask.shape[1]
+    completion = np.asarray(rollout.tokens)[:, P:]
+    mask, lengths = np.asarray(rollout.completion_mask), np.asarray(rollout.lengths)
+    for row, n in zip(completion, lengths, strict=True):
+        is_eos = np.isin(row, eos_ids)
+        first = int(np.argmax(is_eos)) if is_eos.any() else None
+        if first is None:
+            assert n == completion.shape[1]
+        else:
+            assert n == first + 1
+        assert (row[n:] == PAD).all()
+    np.testing.assert_array_equal(mask, np.arange(completion.shape[1])[None] < lengths[:, None])
+    ends_in_eos = np.isin(completion[np.arange(len(lengths)), lengths - 1], eos_ids)
+    np.testing.assert_array_equal(np.asarray(rollout.truncated), ~ends_in_eos)
+    assert (np.asarray(rollout.logprobs)[~mask] == 0).all()
+
+
+def _reference_logprobs(cfg, params, rollout, temperature):
+    """log_softmax(forward(full sequence) / T) at each completion token [B, N] (the trainer's)."""
+    logits = jax.jit(model.forward, static_argnums=0)(
+        cfg, params, rollout.tokens, rollout.attention_mask
+    )
+    if temperature > 0:
+        logits = logits / temperature
+    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+    per_token = jnp.take_along_axis(logp, rollout.tokens[:, 1:, None], axis=-1)[..., 0]
+    P = rollout.prompt_mask.shape[1]
+    return np.asarray(per_token[:, P - 1 :])
+
+
+PROMPT_LENGTHS = [5, 11, 8, 1]  # one prompt bucket (16) for every test below, so they share
+# compiled prefills; 1 token is the edge case of a prompt that is only its last token.
+SAMPLED = dict(
+    max_new_tokens=N_NEW,
+    temperature=0.7,
+    top_k=20,
+    top_p=0.9,
+    eos_id=(5, 17, 33),  # frequent enough that some rows stop early, rare enough that some don't
+    pad_id=PAD,
+)
+
+
+def test_greedy_matches_transformers(family_model):
+    hf, cfg, params = family_model
+    prompts = _random_prompts(PROMPT_LENGTHS, cfg.vocab_size, seed=1)
+    ref = _hf_greedy(hf, prompts, eos=None)
+    assert len(np.unique(ref)) > 10  # the scaled weights make decoding varied, not one token
+    # Two EOS ids taken from that output, so that rows stop at different steps; transformers
+    # pads after EOS as the sampler does.
+    eos = [int(ref[1, 9]), int(ref[2, 20])]
+    ref = _hf_greedy(hf, prompts, eos=eos)
+    out = sampler.generate(
+        cfg, params, prompts, max_new_tokens=N_NEW, temperature=0.0, eos_id=eos, pad_id=PAD
+    )
+    np.testing.assert_array_equal(np.asarray(out.tokens)[:, 16:], ref)
+    _check_eos_layout(out, eos)
+    assert np.asarray(out.lengths).min() < N_NEW
+    # Greedy log-probs are the plain log_softmax of the trainer's logits.
+    mask = np.asarray(out.completion_mask)
+    trainer = _reference_logprobs(cfg, params, out, temperature=0.0)
+    np.testing.assert_allclose(np.asarray(out.logprobs)[mask], trainer[mask], atol=1e-4, rtol=0)
+
+
+def test_sampled_logprobs_match_trainer(family_model):
+    _, cfg, params = family_model
+    prompts = _random_prompts(PROMPT_LENGTHS, cfg.vocab_size, seed=2)
+    out = sampler.generate(cfg, params, prompts, seed=3, **SAMPLED)
+    assert out.tokens.shape == (4, 16 + N_NEW) and out.logprobs.shape == (4, N_NEW)
+    _check_eos_layout(out, SAMPLED["eos_id"])
+    truncated = np.asarray(out.truncated)
+    assert truncated.any() and not truncated.all()  # padding after EOS is exercised
+    mask = np.asarray(out.completion_mask)
+    ref = _reference_logprobs(cfg, params, out, SAMPLED["temperature"])
+    np.testing.assert_allclose(np.asarray(out.logprobs)[mask], ref[mask], atol=1e-4, rtol=0)
+    # Reproducible by seed, and the seed matters.
+    again = sampler.generate(cfg, params, prompts, seed=3, **SAMPLED)
+    np.testing.assert_array_equal(out.tokens, again.tokens)
+    np.testing.assert_array_equal(out.logprobs, again.logprobs)
+    other = sampler.generate(cfg, params, prompts, seed=4, **SAMPLED)
+    assert not np.array_equal(out.tokens, other.tokens)
+
+
+def _truncated_reference(logits, temperature, top_k, top_p):
+    """The distribution sampling should follow, from the definitions, in NumPy float64."""
+    z = np.asarray(logits, np.float64) / temperature
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    keep = np.zeros_like(p, bool)
+    keep[order[: top_k or len(p)]] = True
+    p = np.where(keep, p, 0.0) / p[keep].sum()
+    sorted_p = p[order]
+    mass_before = np.concatenate([[0.0], np.cumsum(sorted_p)[:-1]])
+    keep_p = np.zeros_like(p, bool)
+    keep_p[order[mass_before < top_p]] = True
+    p = np.where(keep_p & keep, p, 0.0)
+    return p / p.sum()
+
+
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p", [(1.0, 4, 1.0), (0.7, 0, 0.8), (1.5, 6, 0.7), (1.0, 0, 1.0)]
+)
+def test_sampling_frequencies_match_truncated_distribution(temperature, top_k, top_p):
+    logits = jnp.array([2.0, 1.5, 1.4, 0.3, 0.0, -0.5, -1.0, 0.9, 1.1, -2.0])
+    n = 4000
+    keys = jax.random.split(jax.random.key(11), n)
+    tokens, logprobs = sampler.sample_tokens(
+        jnp.broadcast_to(logits, (n, logits.size)),
+        keys,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+    )
+    freq = np.bincount(np.asarray(tokens), minlength=logits.size) / n
+    p = _truncated_reference(logits, temperature, top_k, top_p)
+    assert (freq[p == 0] == 0).all()  # a truncated token is never drawn
+    # Each count is Binomial(n, p): |freq - p| beyond 5 standard errors has probability < 6e-7
+    # per token, so with 10 tokens a correct sampler fails this about once in 10^5 seeds.
+    bound = 5 * np.sqrt(p * (1 - p) / n)
+    assert (np.abs(freq - p) <= bound + 1e-12).all(), (freq, p)
+    # Log-probs are of the tempered, untruncated distribution.
+    z = np.asarray(logits, np.float64) / temperature
+    untruncated = z - np.log(np.exp(z).sum())
+    np.testing.assert_allclose(logprobs, untruncated[np.asarray(tokens)], atol=1e-5)
+
+
+def test_sample_tokens_greedy_is_first_argmax():
+    logits = jnp.array([[0.0, 3.0, 3.0, 1.0], [5.0, -1.0, 2.0, 5.0]])
+    tokens, logprobs = sampler.sample_tokens(
+        logits, jax.random.split(jax.random.key(0), 2), temperature=0.0, top_k=0, top_p=1.0
+    )
+    np.testing.assert_array_equal(tokens, [1, 0])  # numpy's argmax: first among ties
+    ref = jax.nn.log_softmax(logits)[np.arange(2), np.array([1, 0])]
+    np.testing.assert_allclose(logprobs, ref, atol=1e-6)
+
+
+def test_batch_equals_each_prompt_alone(family_model):
+    _, cfg, params = family_model
+    if cfg.family != "qwen3":
+        pytest.skip("one family suffices: this checks the sampler's batching, not the model")
+    prompts = _random_prompts(PROMPT_LENGTHS, cfg.vocab_size, seed=4)
+    greedy = dict(SAMPLED, temperature=0.0)
+    batch = sampler.generate(cfg, params, prompts, **greedy)
+    for i, prompt in enumerate(prompts):
+        alone = sampler.generate(cfg, params, [prompt], **greedy)
+        np.testing.assert_array_equal(batch.tokens[i], alone.tokens[0])
+        np.testing.assert_allclose(batch.logprobs[i], alone.logprobs[0], atol=1e-5)
+    # Sampled: a row depends on the seed, its row index and its own prompt only, so other
+    # prompts of other lengths (other left padding) beside it change nothing.
+    batch = sampler.generate(cfg, params, prompts, seed=5, **SAMPLED)
+    others = _random_prompts([15, 2, 9, 6], cfg.vocab_size, seed=6)
+    mixed = [others[0], prompts[1], prompts[2], others[3]]
+    swapped = sampler.generate(cfg, params, mixed, seed=5, **SAMPLED)
+    np.testing.assert_array_equal(batch.tokens[1:3], swapped.tokens[1:3])
+    np.testing.assert_allclose(batch.logprobs[1:3], swapped.logprobs[1:3], atol=1e-5)
+    assert not np.array_equal(batch.tokens[0], swapped.tokens[0])
+
+
+def test_stacked_params_give_the_same_tokens(family_model):
+    """generate(unstack=False) runs the layers off the stacked weights: same computation."""
+    _, cfg, params = family_model
+    if cfg.family != "qwen3":
+        pytest.skip("one family suffices")
+    prompts = _random_prompts(PROMPT_LENGTHS, cfg.vocab_size, seed=11)
+    unstacked = sampler.generate(cfg, params, prompts, seed=1, **SAMPLED)
+    stacked = sampler.generate(cfg, params, prompts, seed=1, unstack=False, **SAMPLED)
+    np.testing.assert_array_equal(stacked.tokens, unstacked.tokens)
+    np.testing.assert_allclose(stacked.logprobs, unstacked.logprobs, atol=1e-6)
+
+
+def test_num_samples_rows_are_prompt_major(family_model):
+    _, cfg, params = family_model
+    if cfg.family != "qwen3":
+        pytest.skip("one family suffices")
+    prompts = _random_prompts([3, 7], cfg.vocab_size, seed=7)
+    out = sampler.generate(cfg, params, prompts, seed=8, num_samples=2, **SAMPLED)
+    tokens = np.asarray(out.tokens)
+    for row in range(4):
+        np.testing.assert_array_equal(
+            tokens[row, 16 - len(prompts[row // 2]) : 16], prompts[row // 2]
+        )
+    assert not np.array_equal(tokens[0], tokens[1])  # the samples of a prompt draw independently
+    # Rows keep their keys: the 4 rows of 2 prompts x 2 samples are those of 4 listed prompts.
+    listed = sampler.generate(
+        cfg, params, [p for p in prompts for _ in range(2)], seed=8, **SAMPLED
+    )
+    np.testing.assert_array_equal(tokens, listed.tokens)
+
+
+def test_mesh_of_8_devices_gives_single_device_tokens(family_model):
+    _, cfg, params = family_model
+    if cfg.family != "qwen3":
+        pytest.skip("one family suffices: this checks the sampler's sharding, not the model")
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
+    replicated = jax.device_put(
+        params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    )
+    prompts = _random_prompts(PROMPT_LENGTHS, cfg.vocab_size, seed=10)
+    for kw in (dict(SAMPLED, temperature=0.0), SAMPLED):  # 4 rows, padded to 8 on the mesh
+        single = sampler.generate(cfg, params, prompts, **kw)
+        sharded = sampler.generate(cfg, replicated, prompts, mesh=mesh, **kw)
+        assert sharded.tokens.shape == single.tokens.shape  # batch-padding rows are dropped
+        assert len(sharded.tokens.sharding.device_set) == 8
+        np.testing.assert_array_equal(sharded.tokens, single.tokens)
+        np.testing.assert_allclose(sharded.logprobs, single.logprobs, atol=1e-5)
+
+
+def test_prefill_and_decode_loop_traced_once_per_bucket(family_model, monkeypatch):
+    _, cfg, params = family_model
+    if cfg.family != "qwen3":
+        pytest.skip("one family suffices")
+    traced = []
+
+    def counted_prefill(*args, **kwargs):
+        traced.append("prefill")
+        return sampler._prefill_arrays(*args, **kwargs)
+
+    def counted_loop(state, params, cfg):
+        traced.append(state.prompt.shape)
+        return sampler.decode_loop(state, params, cfg)
+
+    # Fresh jits (empty caches), each failing on its second trace.
+    prefill = sampler._jit_prefill(chex.assert_max_traces(counted_prefill, n=1))
+    monkeypatch.setattr(sampler, "_prefill_jit", prefill)
+    loop = sampler._jit_decode_loop(chex.assert_max_traces(counted_loop, n=1))
+    monkeypatch.setattr(sampler, "_decode_loop_jit", loop)
+    kw = dict(SAMPLED, eos_id=())  # no EOS: every row runs to max_new_tokens
+    # Prompt lengths 1..16 share bucket 16; 20 and 32 new tokens share bucket 32.
+    a = sampler.generate(cfg, params, _random_prompts([3, 5], 97, 1), **dict(kw, max_new_tokens=20))
+    b = sampler.generate(cfg, params, _random_prompts([9, 16], 97, 2), **kw)
+    assert traced == ["prefill", (2, 16)]
+    assert a.tokens.shape == (2, 16 + 20) and b.tokens.shape == (2, 16 + 32)
+    assert (np.asarray(a.lengths) == 20).all() and np.asarray(a.truncated).all()
+    with pytest.raises(AssertionError, match="traced"):  # prompt bucket 32 must trace again
+        sampler.generate(cfg, params, _random_prompts([17, 1], 97, 3), **kw)
+
+
+def test_cache_bytes_and_buckets():
+    cfg = model.ModelConfig.preset("toy_tiny", compute_dtype="bfloat16")
+    cache = sampler.init_cache(cfg, 3, 48)
+    assert {x.dtype for x in jax.tree.leaves(cache)} == {jnp.dtype(jnp.bfloat16)}
+    assert sampler.cache_bytes(cfg, 3, 48) == sum(x.nbytes for x in jax.tree.leaves(cache))
+    assert [sampler.bucket(n) for n in (1, 16, 17, 100, 128, 129)] == [16, 16, 32, 128, 128, 256]
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(prompts=[[1, 2], []]), r"prompts\[1\] is empty"),
+        (dict(prompts=[[1, 40]]), r"prompts\[0\].*\[0, 40\)"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_k=-1), "top_k"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(eos_id=(3, 99)), "eos_id"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(max_new_tokens=300), "max_seq_len"),
+        (dict(num_samples=0), "num_samples"),
+    ],
+)
+def test_bad_arguments_are_named(change, match):
+    cfg = model.ModelConfig.preset("toy_tiny", vocab_size=40)
+    params = model.abstract_params(cfg)
+    kw = dict(prompts=[[1, 2]], max_new_tokens=4, eos_id=3, pad_id=PAD)
+    kw.update(change)
+    with pytest.raises(ValueError, match=match):
+        sampler.generate(cfg, params, kw.pop("prompts"), **kw)
+
+
+def test_mesh_without_data_axis_is_named():
+    cfg = model.ModelConfig.preset("toy_tiny", vocab_size=40)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("fsdp",))
+    with pytest.raises(ValueError, match="'data' axis"):
+        sampler.generate(
+            cfg, model.abstract_params(cfg), [[1]], max_new_tokens=4, eos_id=3, pad_id=0, mesh=mesh
+        )
