@@ -117,3 +117,47 @@ def test_wrong_rope_theta_fails_the_bound(smollm2_dir, prompt_batch, reference_l
     wrong, params = hf_io.load_hf(smollm2_dir, rope_theta=1e4)
     scale = np.abs(reference_logits[prompt_batch[1]]).max()
     assert _max_error(wrong, params, prompt_batch, reference_logits) > 100 * 1e-4 * scale
+
+
+@pytest.fixture(scope="module")
+def greedy_runs(smollm2_dir, prompt_batch, tokenizer):
+    """(ours, transformers') greedy continuations [4, 48] of the chat prompts, and our rollout."""
+    from s2d_jax import sampler
+
+    tokens, mask = prompt_batch
+    prompts = [row[m].tolist() for row, m in zip(tokens, mask, strict=True)]
+    cfg, params = hf_io.load_hf(smollm2_dir)
+    rollout = sampler.generate(
+        cfg, params, prompts, max_new_tokens=48, temperature=0.0, eos_id=(), pad_id=0
+    )
+    ours = np.asarray(rollout.tokens)[:, rollout.prompt_mask.shape[1] :]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    with torch.no_grad():
+        out = hf.generate(
+            input_ids=torch.tensor(tokens, dtype=torch.long),
+            attention_mask=torch.tensor(mask.astype(np.int64)),
+            max_new_tokens=48,
+            min_new_tokens=48,  # no early stop: all 48 positions are compared
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return ours, out[:, tokens.shape[1] :].numpy(), (cfg, params, rollout)
+
+
+def test_greedy_generation_matches_transformers(greedy_runs):
+    ours, theirs, _ = greedy_runs
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_sampler_logprobs_match_trainer_on_real_weights(greedy_runs):
+    """The sampler's log-probs of its tokens equal a fresh forward pass over the sequences."""
+    from s2d_jax import losses
+
+    _, _, (cfg, params, rollout) = greedy_runs
+    logits = model.forward(cfg, params, rollout.tokens, rollout.attention_mask)
+    P = rollout.prompt_mask.shape[1]
+    trainer = losses.token_logprobs(logits[:, :-1], rollout.tokens[:, 1:])[:, P - 1 :]
+    mask = np.asarray(rollout.completion_mask)
+    np.testing.assert_allclose(
+        np.asarray(rollout.logprobs)[mask], np.asarray(trainer)[mask], atol=1e-4
+    )
