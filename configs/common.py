@@ -21,6 +21,32 @@ def parse_arg(arg, **defaults):
     return result
 
 
+def base(seed, nan_policy="skip", grader_workers=2, mesh_sizes=None):
+    """The run-level keys every experiment sets: seed, NaN policy, grader pool, device mesh."""
+    config = ConfigDict()
+    config.seed = seed
+    config.nan_policy = nan_policy  # "skip" a non-finite step (counted) or "raise"
+    config.grader_workers = grader_workers
+    config.grader_timeout_s = 5.0
+    config.mesh = mesh_sizes or mesh()
+    return config
+
+
+def task(name, prompt_style, *, train_path="", train_columns="", split_seed=0, arith=None):
+    """The data task: its dataset (pools, see s2d_jax/tasks.py) and prompt format."""
+    return ConfigDict(
+        dict(
+            name=name,
+            train_path=train_path,
+            train_columns=train_columns,
+            prompt_style=prompt_style,
+            enable_thinking=False,  # Qwen3 thinking off, as the paper's code
+            split_seed=split_seed,
+            arith=arith or {},
+        )
+    )
+
+
 def model(preset="", hf_path="", dtype="float32", compute_dtype=""):
     """One model role: a local Hugging Face checkpoint (`hf_path`), or a toy `preset` (fresh init).
 
@@ -166,6 +192,7 @@ def evaluation(splits, samples, max_new_tokens, temperature=0.6, top_p=0.95, max
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
+            top_k=0,
             max_problems=max_problems,  # 0: all
             batch_size=64,  # prompts per sampler call
         )

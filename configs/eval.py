@@ -26,23 +26,8 @@ def get_config(arg=None):
         prompt_style="chat",
         seed=0,
     )
-    config = common.ConfigDict()
-    config.seed = arg.seed
-    config.nan_policy = "raise"
-    config.grader_workers = 4
-    config.grader_timeout_s = 5.0
-    config.mesh = common.mesh()
-    config.task = common.ConfigDict(
-        dict(
-            name="math_train",
-            train_path="",
-            train_columns="",
-            prompt_style=arg.prompt_style,
-            enable_thinking=False,
-            split_seed=0,
-            arith={},
-        )
-    )
+    config = common.base(arg.seed, "raise", 4)
+    config.task = common.task("math_train", arg.prompt_style)
     config.models = common.ConfigDict(
         dict(student=common.model(hf_path=arg.model_path, dtype=arg.dtype))
     )

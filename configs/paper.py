@@ -48,22 +48,10 @@ def get_config(arg=None):
     if arg.pair not in PAIRS:
         raise ValueError(f"pair={arg.pair!r}; expected one of {sorted(PAIRS)}")
     teacher_preset, student_preset = PAIRS[arg.pair]
-    config = common.ConfigDict()
-    config.seed = arg.seed
-    config.nan_policy = "skip"
-    config.grader_workers = 8
-    config.grader_timeout_s = 5.0
-    config.mesh = common.mesh(data=1, fsdp=-1, tensor=1)
-    config.task = common.ConfigDict(
-        dict(
-            name="math_train",
-            train_path=arg.data_path,
-            train_columns="dapo",  # requires train_path
-            prompt_style="chat",  # Qwen3 chat template, thinking off (paper code default)
-            enable_thinking=False,
-            split_seed=arg.seed,
-            arith={},
-        )
+    config = common.base(arg.seed, "skip", 8, mesh_sizes=common.mesh(data=1, fsdp=-1, tensor=1))
+    # Qwen3 chat template with thinking off (paper code default); DAPO columns need data_path.
+    config.task = common.task(
+        "math_train", "chat", train_path=arg.data_path, train_columns="dapo", split_seed=arg.seed
     )
     dtype = dict(dtype="bfloat16", compute_dtype="bfloat16")
     config.models = common.ConfigDict(

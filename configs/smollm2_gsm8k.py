@@ -27,23 +27,8 @@ def get_config(arg=None):
         lr=1e-6,
         seed=0,
     )
-    config = common.ConfigDict()
-    config.seed = arg.seed
-    config.nan_policy = "skip"
-    config.grader_workers = 2
-    config.grader_timeout_s = 5.0
-    config.mesh = common.mesh()
-    config.task = common.ConfigDict(
-        dict(
-            name="gsm8k",
-            train_path="",
-            train_columns="",
-            prompt_style="chat",
-            enable_thinking=False,
-            split_seed=0,
-            arith={},
-        )
-    )
+    config = common.base(arg.seed, "skip", 2)
+    config.task = common.task("gsm8k", "chat")
     config.models = common.ConfigDict(
         dict(student=common.model(preset="smollm2_135m", hf_path=arg.model_path))
     )

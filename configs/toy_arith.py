@@ -18,32 +18,21 @@ def get_config(arg=None):
     arg = common.parse_arg(arg, scale=1.0, seed=0, stage3=True)
     n = lambda steps: max(2, int(steps * arg.scale))  # noqa: E731
 
-    config = common.ConfigDict()
-    config.seed = arg.seed
-    config.nan_policy = "skip"
-    config.grader_workers = 2
-    config.grader_timeout_s = 5.0
-    config.mesh = common.mesh()
-    config.task = common.ConfigDict(
-        dict(
-            name="arith",
-            train_path="",
-            train_columns="",
-            prompt_style="raw",
-            enable_thinking=False,
-            split_seed=0,
-            arith=dict(
-                ops=("+", "-"),
-                operands=(1, 2, 3),
-                modulus=10,
-                min_ops=2,
-                max_ops=6,
-                seed=arg.seed,
-                num_demos=2000,
-                num_rl=256,
-                num_test=512,
-            ),
-        )
+    config = common.base(arg.seed, "skip", 2)
+    config.task = common.task(
+        "arith",
+        "raw",
+        arith=dict(
+            ops=("+", "-"),
+            operands=(1, 2, 3),
+            modulus=10,
+            min_ops=2,
+            max_ops=6,
+            seed=arg.seed,
+            num_demos=2000,
+            num_rl=256,
+            num_test=512,
+        ),
     )
     config.models = common.ConfigDict(
         dict(teacher=common.model(preset="toy_teacher"), student=common.model(preset="toy_student"))

@@ -75,6 +75,7 @@ class EvalConfig:
     max_new_tokens: int
     temperature: float
     top_p: float
+    top_k: int
     max_problems: int
     batch_size: int
 

@@ -145,10 +145,7 @@ def load_params(ctx: Context, role: str, ref: str):
         return cfg, model.init_params(cfg, seed)
     stage_dir = ctx.workdir / ref
     if (stage_dir / "DONE").exists() or (stage_dir / "params").exists():
-        target = jax.tree.map(
-            lambda x: jax.numpy.zeros(x.shape, x.dtype), model.abstract_params(cfg)
-        )
-        return cfg, checkpoints.load_exported_params(stage_dir, target)
+        return cfg, checkpoints.load_exported_params(stage_dir, model.abstract_params(cfg))
     if Path(ref).is_dir():
         return hf_io.load_hf(ref, dtype=spec.dtype)
     raise FileNotFoundError(f"cannot load {ref!r}: {stage_dir}/params does not exist")

@@ -79,8 +79,3 @@ def completion_texts(rollout: sampler.Rollout, tokenizer) -> list[str]:
     tokens = np.asarray(rollout.tokens)[:, P:]
     mask = np.asarray(rollout.completion_mask)
     return [tokenizer.decode(row[m]) for row, m in zip(tokens, mask, strict=True)]
-
-
-def take_rows(batch: dict, rows: np.ndarray) -> dict:
-    """The sub-batch of the given rows (every array's leading axis)."""
-    return {k: v[rows] for k, v in batch.items()}

@@ -60,7 +60,7 @@ def _sample(ctx, cfg, params, prompts, stage_or_eval, seed, num_samples):
         max_new_tokens=s.max_new_tokens,
         temperature=s.temperature,
         top_p=s.top_p,
-        top_k=getattr(s, "top_k", 0),
+        top_k=s.top_k,
         eos_id=tok.eos_ids,
         pad_id=tok.pad_id,
         seed=seed,
