@@ -13,6 +13,11 @@ same load (the CPU may be shared). Target: the steps reach >= 50% of the matmul 
 
     .venv/bin/python benchmarks/train_step.py              # CPU, ~2-4 min on 2 cores
     .venv/bin/python benchmarks/train_step.py --batch 4 --seq 512 --reps 5
+    python benchmarks/train_step.py --preset qwen3_1.7b --teacher_preset qwen3_8b --seq 1024
+
+With --preset (an accelerator) the student and teacher are real-size random-weight presets with
+float32 master weights and bfloat16 compute (the teacher's weights in bfloat16), the reference is
+an 8192^3 bfloat16 matmul, and the device's peak memory after each step is printed.
 """
 
 from __future__ import annotations
@@ -69,14 +74,14 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-def make_matmul():
-    """A jitted 2048 x 2048 float32 matmul; returns () -> (FLOP per wall s, FLOP per CPU s) of
+def make_matmul(size: int = 2048, dtype=jnp.float32):
+    """A jitted size x size matmul; returns () -> (FLOP per wall s, FLOP per CPU s) of
     3 runs (wall: the best run; CPU: all three)."""
-    a = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (2048, 2048), jnp.float32)
+    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+    b = jax.random.normal(jax.random.key(1), (size, size), dtype)
     dot = jax.jit(jnp.dot)
     jax.block_until_ready(dot(a, b))
-    flops = 2 * 2048**3
+    flops = 2 * size**3
 
     def rates():
         runs = [timed(lambda: dot(a, b)) for _ in range(3)]
@@ -121,9 +126,16 @@ def bench_step(name, step, state, args, flops, reps, matmul):
         f"{name:<11} {compile_s:8.1f} {min(walls):7.3f} {statistics.median(walls):7.3f} "
         f"{flops / 1e9:7.1f} {flops / min(walls) / 1e9:8.1f} {statistics.median(rates) / 1e9:8.1f} "
         f"{statistics.median(wall_fracs):6.1%} {max(wall_fracs):6.1%} "
-        f"{statistics.median(cpu_fracs):6.1%}"
+        f"{statistics.median(cpu_fracs):6.1%}{peak_memory()}"
     )
     return state
+
+
+def peak_memory() -> str:
+    """The device's peak allocated bytes so far, where the backend reports it (not on CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")  # an optional key of a backend's report
+    return "" if peak is None else f"  peak {peak / 2**30:.1f} GiB"
 
 
 def main():
@@ -132,11 +144,22 @@ def main():
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--reps", type=int, default=4)
     parser.add_argument("--chunk_size", type=int, default=512)
+    parser.add_argument("--preset", default=None, help="student preset (accelerator, bfloat16)")
+    parser.add_argument("--teacher_preset", default=None, help="teacher preset (with --preset)")
     args = parser.parse_args()
 
-    cfg, teacher_cfg = student_config(), teacher_config()
-    params = model.init_params(cfg, jax.random.key(0))
-    teacher = model.init_params(teacher_cfg, jax.random.key(1))
+    if args.preset:
+        cfg = model.ModelConfig.preset(args.preset, compute_dtype="bfloat16")
+        teacher_cfg = model.ModelConfig.preset(
+            args.teacher_preset or args.preset, param_dtype="bfloat16", compute_dtype="bfloat16"
+        )
+        matmul_size, matmul_dtype = 8192, jnp.bfloat16
+    else:
+        cfg, teacher_cfg = student_config(), teacher_config()
+        matmul_size, matmul_dtype = 2048, jnp.float32
+    init = jax.jit(model.init_params, static_argnames="cfg")
+    params = init(cfg, jax.random.key(0))
+    teacher = init(teacher_cfg, jax.random.key(1))
     B, T = args.batch, args.seq
     batch = make_batch(cfg, B, T, params)
     opt = train.OptimizerConfig(lr=1e-6)
@@ -145,9 +168,9 @@ def main():
         f"student {model.count_params(params) / 1e6:.1f}M params "
         f"({matmul_params(cfg) / 1e6:.1f}M in matmuls), teacher "
         f"{model.count_params(teacher) / 1e6:.1f}M ({matmul_params(teacher_cfg) / 1e6:.1f}M); "
-        f"batch {B} x {T} tokens; float32"
+        f"batch {B} x {T} tokens; compute {cfg.compute_dtype}"
     )
-    matmul = make_matmul()
+    matmul = make_matmul(matmul_size, matmul_dtype)
     print(
         "fractions = step FLOP/s / matmul FLOP/s, per pair of alternating runs: by wall time "
         "(median, best) and by process CPU time (median; robust to time-slicing on a shared CPU)"

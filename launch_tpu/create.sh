@@ -8,34 +8,24 @@
 # TPU_VERSION (the TPU VM image; default chosen from the type, see runtime_version below).
 set -euo pipefail
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+SCRIPT=create.sh
 
-NAME=${TPU_NAME:-}
-ZONE=${TPU_ZONE:-}
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+# shellcheck source=launch_tpu/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
 TYPE=${TPU_TYPE:-}
-PROJECT=${TPU_PROJECT:-}
 VERSION=${TPU_VERSION:-}
 SPOT=0
-DRY_RUN=0
 while [[ $# -gt 0 ]]; do
   case $1 in
-    --name) NAME=$2; shift 2 ;;
-    --zone) ZONE=$2; shift 2 ;;
     --type) TYPE=$2; shift 2 ;;
-    --project) PROJECT=$2; shift 2 ;;
     --version) VERSION=$2; shift 2 ;;
     --spot) SPOT=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "create.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    *) common_flag "$@"; shift "$SHIFT" ;;
   esac
 done
-for var in NAME ZONE TYPE; do
-  if [[ -z ${!var} ]]; then
-    echo "create.sh: --$(tr '[:upper:]' '[:lower:]' <<<"$var") (or TPU_$var) is required" >&2
-    exit 2
-  fi
-done
+require NAME ZONE TYPE
 
 # The TPU VM image each generation expects (override with --version).
 runtime_version() {
@@ -47,17 +37,6 @@ runtime_version() {
   esac
 }
 VERSION=${VERSION:-$(runtime_version "$TYPE")}
-
-# --dry-run prints each command as a shell line (words quoted only where needed) instead.
-run() {
-  if [[ $DRY_RUN == 0 ]]; then "$@"; return; fi
-  local word words=()
-  for word in "$@"; do
-    if [[ $word =~ ^[A-Za-z0-9_./=:,@%+-]+$ ]]; then words+=("$word")
-    else words+=("'${word//\'/\'\\\'\'}'"); fi
-  done
-  echo "${words[*]}"
-}
 
 cmd=(gcloud compute tpus tpu-vm create "$NAME" "--zone=$ZONE" "--accelerator-type=$TYPE"
      "--version=$VERSION")

@@ -7,49 +7,28 @@
 # TPU_NAME, TPU_ZONE, TPU_PROJECT may replace the flags.
 set -euo pipefail
 
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
+SCRIPT=logs.sh
 
-NAME=${TPU_NAME:-}
-ZONE=${TPU_ZONE:-}
-PROJECT=${TPU_PROJECT:-}
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
+# shellcheck source=launch_tpu/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
 WORKER=0
 LINES=100
 FOLLOW=1
-DRY_RUN=0
 while [[ $# -gt 0 ]]; do
   case $1 in
-    --name) NAME=$2; shift 2 ;;
-    --zone) ZONE=$2; shift 2 ;;
-    --project) PROJECT=$2; shift 2 ;;
     --worker) WORKER=$2; shift 2 ;;
     --lines) LINES=$2; shift 2 ;;
     --no-follow) FOLLOW=0; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "logs.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    *) common_flag "$@"; shift "$SHIFT" ;;
   esac
 done
-for var in NAME ZONE; do
-  if [[ -z ${!var} ]]; then
-    echo "logs.sh: --$(tr '[:upper:]' '[:lower:]' <<<"$var") (or TPU_$var) is required" >&2
-    exit 2
-  fi
-done
+require NAME ZONE
 if ! [[ $LINES =~ ^[0-9]+$ ]]; then
   echo "logs.sh: --lines must be a number, got '$LINES'" >&2
   exit 2
 fi
-
-# --dry-run prints each command as a shell line (words quoted only where needed) instead.
-run() {
-  if [[ $DRY_RUN == 0 ]]; then "$@"; return; fi
-  local word words=()
-  for word in "$@"; do
-    if [[ $word =~ ^[A-Za-z0-9_./=:,@%+-]+$ ]]; then words+=("$word")
-    else words+=("'${word//\'/\'\\\'\'}'"); fi
-  done
-  echo "${words[*]}"
-}
 
 tail_cmd="tail -n $LINES"
 [[ $FOLLOW == 1 ]] && tail_cmd+=" -F"

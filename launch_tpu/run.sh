@@ -15,40 +15,31 @@
 # TPU_NAME, TPU_ZONE, TPU_PROJECT may replace the flags.
 set -euo pipefail
 
+SCRIPT=run.sh
+UNKNOWN_HINT=" (flags for main.py go after --)"
+
 usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+# shellcheck source=launch_tpu/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ARCHIVE=${TMPDIR:-/tmp}/s2d_jax_repo.tgz
-NAME=${TPU_NAME:-}
-ZONE=${TPU_ZONE:-}
-PROJECT=${TPU_PROJECT:-}
 CONFIG=""
 WORKDIR=""
 SETUP=1
 STOP=0
-DRY_RUN=0
 MAIN_ARGS=()
 while [[ $# -gt 0 ]]; do
   case $1 in
-    --name) NAME=$2; shift 2 ;;
-    --zone) ZONE=$2; shift 2 ;;
-    --project) PROJECT=$2; shift 2 ;;
     --config) CONFIG=$2; shift 2 ;;
     --workdir) WORKDIR=$2; shift 2 ;;
     --no-setup) SETUP=0; shift ;;
     --stop) STOP=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h|--help) usage; exit 0 ;;
     --) shift; MAIN_ARGS=("$@"); break ;;
-    *) echo "run.sh: unknown argument '$1' (flags for main.py go after --)" >&2; exit 2 ;;
+    *) common_flag "$@"; shift "$SHIFT" ;;
   esac
 done
-for var in NAME ZONE; do
-  if [[ -z ${!var} ]]; then
-    echo "run.sh: --$(tr '[:upper:]' '[:lower:]' <<<"$var") (or TPU_$var) is required" >&2
-    exit 2
-  fi
-done
+require NAME ZONE
 if [[ $STOP == 0 ]]; then
   if [[ -z $CONFIG || -z $WORKDIR ]]; then
     echo "run.sh: --config and --workdir are required" >&2
@@ -60,17 +51,6 @@ if [[ $STOP == 0 ]]; then
     exit 2
   fi
 fi
-
-# --dry-run prints each command as a shell line (words quoted only where needed) instead.
-run() {
-  if [[ $DRY_RUN == 0 ]]; then "$@"; return; fi
-  local word words=()
-  for word in "$@"; do
-    if [[ $word =~ ^[A-Za-z0-9_./=:,@%+-]+$ ]]; then words+=("$word")
-    else words+=("'${word//\'/\'\\\'\'}'"); fi
-  done
-  echo "${words[*]}"
-}
 
 gcloud_args=("--zone=$ZONE")
 [[ -n $PROJECT ]] && gcloud_args+=("--project=$PROJECT")

@@ -200,7 +200,8 @@ def kl_token_stats_chunked(
     return _graded_stats(grad, chunk_size, vocab_chunk, student_hidden, w_s, h_t, w_t, targets)
 
 
-def forward_kl_loss_chunked(
+def kl_loss_chunked(
+    direction: str,
     student_hidden: jax.Array,
     student_unembedding: jax.Array,
     teacher_hidden: jax.Array,
@@ -211,42 +212,21 @@ def forward_kl_loss_chunked(
     chunk_size: int = 512,
     vocab_chunk: int | None = 8192,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """`losses.forward_kl_loss` (KL(teacher || student), token-mean over mask [B, T]) from hidden
-    states [B, T, D] / [B, T, D_T] and unembeddings [D, V] / [D_T, V]."""
+    """`losses.forward_kl_loss` (direction "forward": KL(teacher || student)) or
+    `losses.reverse_kl_loss` ("reverse": analytic KL(student || teacher)), token-mean over mask
+    [B, T], from hidden states [B, T, D] / [B, T, D_T] and unembeddings [D, V] / [D_T, V]."""
     stats = kl_token_stats_chunked(
         student_hidden,
         student_unembedding,
         teacher_hidden,
         teacher_unembedding,
         targets,
-        grad="forward",
+        grad=direction,
         chunk_size=chunk_size,
         vocab_chunk=vocab_chunk,
     )
-    return losses.kl_loss_from_stats(stats, mask, "forward")
+    return losses.kl_loss_from_stats(stats, mask, direction)
 
 
-def reverse_kl_loss_chunked(
-    student_hidden: jax.Array,
-    student_unembedding: jax.Array,
-    teacher_hidden: jax.Array,
-    teacher_unembedding: jax.Array,
-    mask: jax.Array,
-    targets: jax.Array | None = None,
-    *,
-    chunk_size: int = 512,
-    vocab_chunk: int | None = 8192,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """`losses.reverse_kl_loss` (analytic KL(student || teacher), token-mean over mask [B, T])
-    from hidden states [B, T, D] / [B, T, D_T] and unembeddings [D, V] / [D_T, V]."""
-    stats = kl_token_stats_chunked(
-        student_hidden,
-        student_unembedding,
-        teacher_hidden,
-        teacher_unembedding,
-        targets,
-        grad="reverse",
-        chunk_size=chunk_size,
-        vocab_chunk=vocab_chunk,
-    )
-    return losses.kl_loss_from_stats(stats, mask, "reverse")
+forward_kl_loss_chunked = functools.partial(kl_loss_chunked, "forward")
+reverse_kl_loss_chunked = functools.partial(kl_loss_chunked, "reverse")
