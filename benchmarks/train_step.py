@@ -34,22 +34,14 @@ import numpy as np
 from s2d_jax import model, train
 
 
-def student_config() -> model.ModelConfig:
-    return dataclasses.replace(
-        model.ModelConfig.preset("qwen3_0.6b"),
-        d_model=512,
-        n_layers=6,
-        n_heads=8,
-        n_kv_heads=4,
-        head_dim=64,
-        mlp_dim=1024,
-        vocab_size=32_000,
-    )
-
-
 def teacher_config() -> model.ModelConfig:
     return dataclasses.replace(
-        student_config(), d_model=640, n_layers=8, n_heads=10, n_kv_heads=5, mlp_dim=1536
+        model.ModelConfig.preset("bench_30m"),
+        d_model=640,
+        n_layers=8,
+        n_heads=10,
+        n_kv_heads=5,
+        mlp_dim=1536,
     )
 
 
@@ -155,7 +147,7 @@ def main():
         )
         matmul_size, matmul_dtype = 8192, jnp.bfloat16
     else:
-        cfg, teacher_cfg = student_config(), teacher_config()
+        cfg, teacher_cfg = model.ModelConfig.preset("bench_30m"), teacher_config()
         matmul_size, matmul_dtype = 2048, jnp.float32
     init = jax.jit(model.init_params, static_argnames="cfg")
     params = init(cfg, jax.random.key(0))

@@ -47,6 +47,28 @@ def task(name, prompt_style, *, train_path="", train_columns="", split_seed=0, a
     )
 
 
+def arith_task(seed, num_demos=2000, num_rl=256, num_test=512):
+    """The built-in toy task: chains of 2-6 `+b`/`-b` (b in 1-3) mod 10, worked solutions."""
+    return task(
+        "arith",
+        "raw",
+        arith=dict(
+            ops=("+", "-"),
+            operands=(1, 2, 3),
+            modulus=10,
+            min_ops=2,
+            max_ops=6,
+            seed=seed,
+            num_demos=num_demos,
+            num_rl=num_rl,
+            num_test=num_test,
+        ),
+    )
+
+
+ARITH_NEW_TOKENS = 48  # the longest toy solution is 40 tokens
+
+
 def model(preset="", hf_path="", dtype="float32", compute_dtype=""):
     """One model role: a local Hugging Face checkpoint (`hf_path`), or a toy `preset` (fresh init).
 
@@ -103,8 +125,16 @@ def _stage(kind, model, init_from, data, steps, batch_size, max_new_tokens, lr, 
     return ConfigDict(stage)
 
 
-def grpo(clip_eps=0.2, clip_eps_high=0.0, kl_coef=5e-4, kl_estimator="k3", aggregation="token"):
-    """GRPO objective knobs (paper Table 7; clip_eps_high 0 means symmetric clipping)."""
+def grpo(
+    clip_eps=0.2,
+    clip_eps_high=0.0,
+    kl_coef=5e-4,
+    kl_estimator="k3",
+    aggregation="token",
+    format_reward=0.0,
+):
+    """GRPO objective knobs (paper Table 7; clip_eps_high 0 means symmetric clipping;
+    format_reward > 0 rewards a wrong but extractable answer, off in the paper)."""
     return ConfigDict(
         dict(
             clip_eps=clip_eps,
@@ -113,6 +143,7 @@ def grpo(clip_eps=0.2, clip_eps_high=0.0, kl_coef=5e-4, kl_estimator="k3", aggre
             kl_estimator=kl_estimator,
             aggregation=aggregation,
             normalize_std=True,
+            format_reward=format_reward,
         )
     )
 

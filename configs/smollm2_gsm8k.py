@@ -5,9 +5,21 @@
     python -m s2d_jax.main --config configs/smollm2_gsm8k.py:problems=64,steps=20 --workdir ...
 
 Stages: `before` evaluates the checkpoint on the first `problems` GSM8K test questions (avg@k,
-pass@k), `grpo` trains it on GSM8K train with the verifier reward (chat template, `#### N` or
-\\boxed{} answers) and evaluates the result the same way. Hardware: 2 CPU cores, float32.
-`model_path` defaults to the cache directory of s2d_jax.tools.get_smollm2.
+pass@k, answered = format rate), `grpo` trains it on GSM8K train with the verifier reward (chat
+template, `#### N` or \\boxed{} answers) and evaluates the result the same way. Hardware: 2 CPU
+cores, float32. `model_path` defaults to the cache directory of s2d_jax.tools.get_smollm2.
+
+The defaults are the run reported in README.md, sized to ~40 minutes on 2 shared CPU cores:
+- lr 2e-5, not the paper's 1e-6: with a few steps, 1e-6 moves a 135M model by nothing
+  measurable; Adam's first steps move every weight by about lr, so 2e-5 is a visible but
+  still small step (the k3 KL to the start and the 0.2 clip still bound it).
+- training temperature 0.6 (the eval's), not 1.0: at 1.0 this model writes incoherent text and
+  never reaches a final answer, so every group's reward is 0 and GRPO has no signal at all.
+- 192 new tokens: most coherent GSM8K solutions of this model fit; a truncated one earns 0.
+- format_reward 0.2 (off in the paper's configs): a wrong answer the grader can extract
+  (\\boxed{} or `#### N`) earns 0.2. This model ends with "The answer is 48." and almost never
+  writes \\boxed{}, so with the correctness reward alone every group scored 0 and GRPO had no
+  gradient at all (measured: 6 steps of 2 x 4 rollouts, reward 0 throughout).
 """
 
 from configs import common
@@ -19,12 +31,14 @@ def get_config(arg=None):
         arg,
         model_path=str(get_smollm2.default_dir()),
         problems=32,
-        samples=4,
-        steps=10,
-        prompts=4,
+        samples=2,
+        steps=8,
+        prompts=2,
         group=4,
-        max_new_tokens=256,
-        lr=1e-6,
+        max_new_tokens=192,
+        lr=2e-5,
+        temperature=0.6,
+        format_reward=0.2,
         seed=0,
     )
     config = common.base(arg.seed, "skip", 2)
@@ -37,7 +51,10 @@ def get_config(arg=None):
     s.grpo = common.grpo_stage(
         "student", "base", "train", arg.steps, arg.prompts, arg.group, arg.max_new_tokens, arg.lr
     )
-    s.grpo.save_every = 5
+    s.grpo.sampling.temperature = arg.temperature
+    s.grpo.grpo.format_reward = arg.format_reward
+    # A checkpoint holds params + two Adam moments (1.6 GB here): write one at the end only.
+    s.grpo.save_every = max(arg.steps, 1)
     config.stages = s
     config.eval = common.evaluation(
         "gsm8k", samples=arg.samples, max_new_tokens=arg.max_new_tokens, max_problems=arg.problems

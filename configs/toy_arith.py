@@ -19,25 +19,11 @@ def get_config(arg=None):
     n = lambda steps: max(2, int(steps * arg.scale))  # noqa: E731
 
     config = common.base(arg.seed, "skip", 2)
-    config.task = common.task(
-        "arith",
-        "raw",
-        arith=dict(
-            ops=("+", "-"),
-            operands=(1, 2, 3),
-            modulus=10,
-            min_ops=2,
-            max_ops=6,
-            seed=arg.seed,
-            num_demos=2000,
-            num_rl=256,
-            num_test=512,
-        ),
-    )
+    config.task = common.arith_task(arg.seed)
     config.models = common.ConfigDict(
         dict(teacher=common.model(preset="toy_teacher"), student=common.model(preset="toy_student"))
     )
-    new = 48  # the longest toy solution is 40 tokens
+    new = common.ARITH_NEW_TOKENS
     grpo_lr, kd_lr = 1e-4, 1e-3  # GRPO at 3e-4 collapsed the teacher (27% -> 12%)
     # Warm-start (a stand-in for pretraining) on a 240-step cosine schedule, stopped early inside
     # the narrow window where each model is competent but imperfect (measured: the student goes

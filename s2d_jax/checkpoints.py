@@ -20,11 +20,16 @@ import orbax.checkpoint as ocp
 
 
 def _abstract(tree, shardings=None):
-    """ShapeDtypeStructs (with shardings if given) to restore against."""
+    """ShapeDtypeStructs to restore against: `shardings` if given, else each leaf's own, else
+    this process's first device (never the saved layout, whose devices may not exist here: a
+    checkpoint written on a mesh restores on one device)."""
     if shardings is None:
         shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), tree)
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local if s is None else s),
+        tree,
+        shardings,
     )
 
 

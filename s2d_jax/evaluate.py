@@ -10,6 +10,7 @@ Metrics (P problems, k samples each):
   standard error over problems.
 - pass@k: the unbiased estimator of Chen et al. 2021 (Codex) from n >= k samples, averaged.
 - maj@k: whether the most frequent extracted answer among the first k samples is correct.
+- answered: the fraction of samples with an extractable final answer (format rate), ± SE.
 """
 
 import json
@@ -109,6 +110,23 @@ def maj_at_k(answers: Sequence[Sequence[str | None]], correct, k: int | None = N
     return float(majority_correct(answers, correct, k).mean())
 
 
+def answered_rate(
+    answers: Sequence[Sequence[str | None]], num_samples: int | None = None
+) -> tuple[float, float]:
+    """Format rate: the fraction of samples with an extracted answer, and its SE over problems.
+
+    `answers` [P][k] (None where a sample has no answer). Tracked apart from accuracy because a
+    small model's reward is often zero for lack of a final answer, not for a wrong one.
+    """
+    if not answers or any(len(row) != len(answers[0]) for row in answers) or not answers[0]:
+        raise ValueError("answers must be [P][k] with P, k >= 1 and the same k for every problem")
+    if num_samples is not None and len(answers[0]) != num_samples:
+        raise ValueError(
+            f"answers have {len(answers[0])} samples per problem, expected {num_samples}"
+        )
+    return mean_and_se([np.mean([a is not None for a in row]) for row in answers])
+
+
 def group_breakdown(values, groups: Sequence[Hashable]) -> dict[Hashable, tuple[float, float, int]]:
     """Per-group (mean, standard error, count) of per-problem `values` [P], groups [P] labels."""
     values_P = np.asarray(values, np.float64)
@@ -137,7 +155,8 @@ def summarize(
     """Flat metrics dict from `correct` [P, k] bool.
 
     Keys: `{prefix}/avg@k`, `{prefix}/avg@k_se`, `{prefix}/pass@j` for j in `pass_ks` (j <= k),
-    `{prefix}/maj@k` when `answers` [P][k] is given, `{prefix}/problems`, `{prefix}/samples`; and
+    `{prefix}/maj@k` and `{prefix}/answered` (± `_se`) when `answers` [P][k] is given,
+    `{prefix}/problems`, `{prefix}/samples`; and
     per group, e.g. groups={"level": levels [P]}: `{prefix}/level_3/avg@k`, `..._se`, `.../problems`.
     """
     correct_PK = _check_correct(correct)
@@ -151,6 +170,9 @@ def summarize(
         summary[f"{prefix}/pass@{j}"] = float(pass_at_k_per_problem(correct_PK, j).mean())
     if answers is not None:
         summary[f"{prefix}/maj@{k}"] = maj_at_k(answers, correct_PK)
+        summary[f"{prefix}/answered"], summary[f"{prefix}/answered_se"] = answered_rate(
+            answers, num_samples=k
+        )
     for name, labels in (groups or {}).items():
         for group, (mean, se, count) in group_breakdown(accuracy_P, labels).items():
             key = f"{prefix}/{_key_part(name)}_{_key_part(group)}"

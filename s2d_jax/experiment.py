@@ -44,6 +44,10 @@ class GrpoConfig:
     kl_estimator: str
     aggregation: str
     normalize_std: bool
+    # Reward of a wrong answer in the right format (an answer extract_answer finds): 0 is the
+    # paper's pure correctness reward; a small value (e.g. 0.1, as in R1-style format rewards)
+    # gives a model that rarely writes \boxed{} a signal to start from.
+    format_reward: float
 
 
 @dataclasses.dataclass(frozen=True)

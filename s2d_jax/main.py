@@ -18,13 +18,23 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, met
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (TPU pod slices, multi-host GPU)."
 )
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "With --distributed: host:port of process 0 (default: detected)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --distributed: process count (default: detected)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --distributed: this process's index (default: detected)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     del argv
     if _DISTRIBUTED.value:
-        jax.distributed.initialize()  # reads the coordinator from the TPU/cluster environment
+        # Without the three flags jax reads them from the TPU / cluster environment.
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     # orbax logs every checkpoint at INFO; progress bars and stage summaries are the run's output.
     logging.set_verbosity(logging.WARNING)
     # Stages re-jit the same step functions; a persistent cache turns repeat compiles (10-20 s

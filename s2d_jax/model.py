@@ -13,6 +13,7 @@ RMSNorm, Llama 3 rope scaling, tied embeddings, attention biases) are `ModelConf
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import zlib
 from typing import Any
@@ -259,22 +260,27 @@ def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def attention(q_BTHD, k_BSKD, v_BSKD, visible_BTS) -> jax.Array:
-    """Grouped-query softmax attention; scores in float32. Returns [B, T, H, Dh]."""
+def attention(q_BTHD, k, v, visible_BTS, kv_axes: str = "bskd") -> jax.Array:
+    """Grouped-query softmax attention; scores in float32. Returns [B, T, H, Dh].
+
+    k and v are [B, S, K, Dh] (kv_axes "bskd", as projected) or [B, K, S, Dh] ("bksd", the KV
+    cache's layout); visible_BTS [B, T, S] says which key each query sees.
+    """
     B, T, H, Dh = q_BTHD.shape
-    K = k_BSKD.shape[2]
+    K = k.shape[kv_axes.index("k")]
     q_BTKGD = q_BTHD.reshape(B, T, K, H // K, Dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD, preferred_element_type=jnp.float32)
+    scores = jnp.einsum(f"btkgd,{kv_axes}->bkgts", q_BTKGD, k, preferred_element_type=jnp.float32)
     scores = scores / math.sqrt(Dh)
     # A finite fill keeps fully-masked rows (padding queries) free of NaN.
     scores = jnp.where(visible_BTS[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BSKD.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BSKD)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum(f"bkgts,{kv_axes}->btkgd", probs, v)
     return out.reshape(B, T, H, Dh)
 
 
-def _layer(cfg: ModelConfig, x_BTD, p, positions_BT, inv_freq, kv, visible_BTS, cache_index):
-    """One pre-norm decoder block. `kv` is None (no cache) or this layer's (k, v) cache [B, S, K, Dh]."""
+def attention_inputs(cfg: ModelConfig, x_BTD, p, positions_BT, inv_freq):
+    """A block's first half: norm, q/k/v projections, q/k norms, rope -> q [B, T, H, Dh] and
+    k, v [B, T, K, Dh] in x's dtype. `p` is one layer's params."""
     dt = x_BTD.dtype
     h = rms_norm(x_BTD, p["attn_norm"], cfg.norm_eps)
     q = jnp.einsum("btd,dhk->bthk", h, p["wq"].astype(dt))
@@ -285,48 +291,38 @@ def _layer(cfg: ModelConfig, x_BTD, p, positions_BT, inv_freq, kv, visible_BTS, 
     if cfg.qk_norm:
         q = rms_norm(q, p["q_norm"], cfg.norm_eps)
         k = rms_norm(k, p["k_norm"], cfg.norm_eps)
-    q = apply_rope(q, positions_BT, inv_freq)
-    k = apply_rope(k, positions_BT, inv_freq)
-    if kv is not None:
-        cache_k, cache_v = kv
-        k = jax.lax.dynamic_update_slice_in_dim(
-            cache_k, k.astype(cache_k.dtype), cache_index, axis=1
-        )
-        v = jax.lax.dynamic_update_slice_in_dim(
-            cache_v, v.astype(cache_v.dtype), cache_index, axis=1
-        )
-        kv = (k, v)
-    attn = attention(q, k.astype(dt), v.astype(dt), visible_BTS)
-    out = jnp.einsum("bthk,hkd->btd", attn, p["wo"].astype(dt))
+    return apply_rope(q, positions_BT, inv_freq), apply_rope(k, positions_BT, inv_freq), v
+
+
+def attention_output_and_mlp(cfg: ModelConfig, x_BTD, attn_BTHD, p):
+    """A block's second half: output projection and residual, then the gated MLP -> [B, T, D]."""
+    dt = x_BTD.dtype
+    out = jnp.einsum("bthk,hkd->btd", attn_BTHD, p["wo"].astype(dt))
     if cfg.attention_bias:
         out = out + p["bo"].astype(dt)
     x_BTD = x_BTD + out
     h = rms_norm(x_BTD, p["mlp_norm"], cfg.norm_eps)
     gate = jnp.einsum("btd,df->btf", h, p["w_gate"].astype(dt))
     up = jnp.einsum("btd,df->btf", h, p["w_up"].astype(dt))
-    x_BTD = x_BTD + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, p["w_down"].astype(dt))
-    return x_BTD, kv
+    return x_BTD + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, p["w_down"].astype(dt))
 
 
-def _run_layers(cfg, params, tokens_BT, positions_BT, visible_BTS, cache=None, cache_index=0):
+def _run_layers(cfg, params, tokens_BT, positions_BT, visible_BTS):
+    """Embedding, the scanned decoder blocks (rematerialised) and the final norm -> [B, T, D]."""
     dt = _dtype(cfg.compute_dtype)
     x = params["embed"].astype(dt)[tokens_BT]
     inv_freq = rope_frequencies(cfg)
 
-    def body(x, layer):
-        p, kv = layer
-        x, kv = _layer(cfg, x, p, positions_BT, inv_freq, kv, visible_BTS, cache_index)
-        return x, kv
+    # Recompute each layer in the backward pass instead of keeping its attention activations
+    # for all L layers (200 GiB -> 10 GiB for Qwen3-1.7B at 4k tokens).
+    @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
+    def body(x, p):
+        q, k, v = attention_inputs(cfg, x, p, positions_BT, inv_freq)
+        attn = attention(q, k, v, visible_BTS)
+        return attention_output_and_mlp(cfg, x, attn, p), None
 
-    if cache is None:
-        # Training path: recompute each layer in the backward pass instead of keeping its
-        # attention activations for all L layers (200 GiB -> 10 GiB for Qwen3-1.7B at 4k tokens).
-        body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-    kvs = None if cache is None else (cache["k"], cache["v"])
-    x, kvs = jax.lax.scan(body, x, (params["layers"], kvs))
-    x = rms_norm(x, params["final_norm"], cfg.norm_eps)
-    new_cache = None if cache is None else {"k": kvs[0], "v": kvs[1]}
-    return x, new_cache
+    x, _ = jax.lax.scan(body, x, params["layers"])
+    return rms_norm(x, params["final_norm"], cfg.norm_eps)
 
 
 def unembedding(cfg: ModelConfig, params: Params) -> jax.Array:
@@ -349,8 +345,7 @@ def _causal_visible(attention_mask_BT: jax.Array) -> jax.Array:
 def forward_hidden(cfg: ModelConfig, params: Params, tokens: jax.Array, attention_mask: jax.Array):
     """Final-normed hidden states [B, T, D] (compute dtype) for tokens [B, T] and mask [B, T]."""
     positions = positions_from_mask(attention_mask)
-    hidden, _ = _run_layers(cfg, params, tokens, positions, _causal_visible(attention_mask))
-    return hidden
+    return _run_layers(cfg, params, tokens, positions, _causal_visible(attention_mask))
 
 
 def forward(cfg: ModelConfig, params: Params, tokens: jax.Array, attention_mask: jax.Array):
@@ -360,43 +355,3 @@ def forward(cfg: ModelConfig, params: Params, tokens: jax.Array, attention_mask:
     at padding positions are finite but meaningless.
     """
     return logits_from_hidden(cfg, params, forward_hidden(cfg, params, tokens, attention_mask))
-
-
-# ----------------------------------------------------------------------------- KV cache
-
-
-def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> Params:
-    """Zeroed KV cache {"k", "v"}: [L, B, S, K, Dh] each, in the compute dtype."""
-    shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_dim)
-    dt = _dtype(cfg.compute_dtype)
-    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
-
-
-def cache_axes() -> Params:
-    """Logical axes of the KV cache leaves."""
-    axes = ("layers", "act_batch", "act_len", "act_kv_heads", "head_dim")
-    return {"k": axes, "v": axes}
-
-
-def decode(
-    cfg: ModelConfig,
-    params: Params,
-    tokens: jax.Array,
-    positions: jax.Array,
-    cache: Params,
-    cache_index: jax.Array,
-    kv_mask: jax.Array,
-):
-    """Run tokens [B, T] at cache slots cache_index..cache_index+T-1; returns (logits [B,T,V], cache).
-
-    `positions` [B, T] are rope positions; `kv_mask` [B, S] marks the cache slots that hold real
-    tokens, *including* the T slots written by this call. A query at slot s sees slots <= s. Prefill
-    is one call with T = prompt length at index 0; each decode step is a call with T = 1.
-    """
-    T = tokens.shape[1]
-    S = cache["k"].shape[2]
-    query_slot_T = cache_index + jnp.arange(T)
-    causal_TS = jnp.arange(S)[None, :] <= query_slot_T[:, None]
-    visible_BTS = causal_TS[None] & kv_mask[:, None, :].astype(bool)
-    hidden, cache = _run_layers(cfg, params, tokens, positions, visible_BTS, cache, cache_index)
-    return logits_from_hidden(cfg, params, hidden), cache

@@ -72,6 +72,18 @@ PRESETS = {
         max_seq_len=8192,
         family="llama",
     ),
+    # ~30.5M parameters, Qwen3-shaped: the CPU model of benchmarks/sampler.py and train_step.py.
+    "bench_30m": dict(
+        _QWEN3,
+        d_model=512,
+        n_layers=6,
+        n_heads=8,
+        n_kv_heads=4,
+        head_dim=64,
+        mlp_dim=1024,
+        vocab_size=32_000,
+        tie_embeddings=True,
+    ),
     # ~0.3M parameters at vocab 32: the toy student.
     "toy_student": dict(
         _TOY, d_model=80, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=20, mlp_dim=224
@@ -79,6 +91,10 @@ PRESETS = {
     # ~1M parameters at vocab 32: the toy teacher.
     "toy_teacher": dict(
         _TOY, d_model=128, n_layers=5, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=352
+    ),
+    # ~5M parameters at vocab 22: the larger size of configs/toy_calibration.py.
+    "toy_5m": dict(
+        _TOY, d_model=256, n_layers=7, n_heads=8, n_kv_heads=4, head_dim=32, mlp_dim=704
     ),
     # Smallest useful decoder, for unit tests.
     "toy_tiny": dict(_TOY, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_dim=64),

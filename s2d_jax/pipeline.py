@@ -5,15 +5,19 @@
 Stage kinds live in one explicit dict, `STAGES`; baselines and ablations are configs that choose
 stages and their inputs. A stage writes `workdir/<name>/` (checkpoints, metrics.jsonl, TensorBoard,
 eval outputs, `params/` export, DONE); a finished stage is skipped on rerun, a killed one resumes.
+Everything runs on the mesh of `config.mesh` (`placement.py`); every process runs this same code,
+and only process 0 writes metrics, reports and exports.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import jax
+from jax.experimental import multihost_utils
 
 from s2d_jax import (
     checkpoints,
@@ -21,6 +25,7 @@ from s2d_jax import (
     experiment,
     hf_io,
     model,
+    placement,
     report,
     rewards,
     stage_loop,
@@ -49,7 +54,7 @@ class Context:
     eval_cfg: experiment.EvalConfig
     grader: rewards.Grader
     nan_policy: str
-    mesh: object = None
+    mesh: jax.sharding.Mesh | None = None  # None: one device, nothing sharded
 
     @property
     def pad_id(self) -> int:
@@ -64,6 +69,7 @@ class Plan:
     stages: list
     eval_cfg: experiment.EvalConfig
     task_cfg: tasks.TaskConfig
+    mesh_cfg: object  # sharding.MeshConfig, or None when the config has no `mesh`
 
 
 def validate(config) -> Plan:
@@ -72,6 +78,7 @@ def validate(config) -> Plan:
     stage_cfgs = experiment.parse_stages(config, models)
     eval_cfg = experiment.parse_eval(config)
     task_cfg = tasks.parse_task(config)
+    mesh_cfg = placement.parse_mesh(config)
     for spec in models.values():
         if spec.hf_path:
             model_config(spec, vocab_size=None)  # reads config.json, checks the preset's dims
@@ -79,14 +86,18 @@ def validate(config) -> Plan:
         raise KeyError(f"config.export_hf = {config.export_hf!r} is not a stage of this config")
     if config.nan_policy not in ("skip", "raise"):
         raise ValueError(f"config.nan_policy = {config.nan_policy!r}; expected 'skip' or 'raise'")
-    return Plan(models, stage_cfgs, eval_cfg, task_cfg)
+    return Plan(models, stage_cfgs, eval_cfg, task_cfg, mesh_cfg)
 
 
-def run(config, workdir) -> dict:
-    """Validate everything, then run the stages; returns {stage name: summary}."""
+def run(config, workdir, devices=None) -> dict:
+    """Validate everything, then run the stages; returns {stage name: summary}.
+
+    The mesh spans `devices` (default: every device of every process).
+    """
     workdir = Path(workdir)
     plan = validate(config)
     models, stage_cfgs, eval_cfg, task_cfg = plan.models, plan.stages, plan.eval_cfg, plan.task_cfg
+    mesh = placement.build_mesh(plan.mesh_cfg, devices)  # before any file: sizes are checked
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -94,10 +105,14 @@ def run(config, workdir) -> dict:
     tokenizer_source = next(
         (m.hf_path for _, m in sorted(models.items(), reverse=True) if m.hf_path), ""
     )
+    if jax.process_index() == 0:  # the toy's tokenizer is trained into the (shared) workdir once
+        tasks.build_tokenizer(task_cfg, workdir, tokenizer_source)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("s2d_jax tokenizer")
     task = tasks.Task(task_cfg, tasks.build_tokenizer(task_cfg, workdir, tokenizer_source))
     summaries = {}
     with rewards.Grader(workers=config.grader_workers, timeout_s=config.grader_timeout_s) as grader:
-        ctx = Context(workdir, config.seed, task, models, eval_cfg, grader, config.nan_policy)
+        ctx = Context(workdir, config.seed, task, models, eval_cfg, grader, config.nan_policy, mesh)
         for stage in stage_cfgs:
             stage_dir = workdir / stage.name
             if checkpoints.is_done(stage_dir):
@@ -107,9 +122,9 @@ def run(config, workdir) -> dict:
             summaries[stage.name] = run_stage(ctx, stage, stage_dir)
             checkpoints.mark_done(stage_dir, summaries[stage.name])
             print(f"[{stage.name}] {_one_line(summaries[stage.name])}")
+    if config.export_hf:  # every process: the params are gathered from all of them
+        export_hf(ctx, stage_cfgs, config.export_hf, workdir / "export_hf")
     if jax.process_index() == 0:
-        if config.export_hf:
-            export_hf(ctx, stage_cfgs, config.export_hf, workdir / "export_hf")
         text = report.write_report(
             workdir, config.report_rows, summaries, labeled_examples(ctx, stage_cfgs)
         )
@@ -125,29 +140,52 @@ def model_config(spec: experiment.ModelSpec, vocab_size: int | None) -> model.Mo
         cfg = model.ModelConfig.from_hf_config(hf_io.read_hf_config(spec.hf_path), **dtypes)
         if spec.preset:
             expected = model.ModelConfig.preset(spec.preset, **dtypes)
-            if dataclasses.replace(cfg, max_seq_len=expected.max_seq_len) != expected:
+            differ = _differing_fields(cfg, expected, ignore=("max_seq_len",))
+            if differ:
                 raise ValueError(
                     f"config.models.{spec.role}.hf_path = {spec.hf_path} is not a {spec.preset} "
-                    f"checkpoint: {cfg} != {expected}"
+                    "checkpoint: "
+                    + ", ".join(
+                        f"{f} {getattr(cfg, f)!r} != {getattr(expected, f)!r}" for f in differ
+                    )
                 )
         return cfg
     return model.ModelConfig.preset(spec.preset, vocab_size=vocab_size, **dtypes)
 
 
+def _differing_fields(a, b, ignore=()) -> list[str]:
+    """Names of the dataclass fields where a and b differ; floats compare to a relative 1e-6,
+    since checkpoints converted through float32 (GGUF) store e.g. 1e-5 as 9.9999997e-06."""
+    differ = []
+    for field in dataclasses.fields(a):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if field.name in ignore:
+            continue
+        same = math.isclose(x, y, rel_tol=1e-6) if isinstance(x, float) else x == y
+        if not same:
+            differ.append(field.name)
+    return differ
+
+
 def load_params(ctx: Context, role: str, ref: str):
-    """Params for a reference: "base" (HF checkpoint or fresh init), an earlier stage, an HF dir."""
+    """Params for a reference: "base" (HF checkpoint or fresh init), an earlier stage, an HF dir.
+
+    With a mesh each parameter is created, read or restored directly onto its TRAIN_RULES shard.
+    """
     spec = ctx.models[role]
     cfg = model_config(spec, ctx.task.tokenizer.vocab_size)
+    shardings = placement.param_shardings(ctx.mesh, cfg)
     if ref == "base":
         if spec.hf_path:
-            return cfg, hf_io.load_hf(spec.hf_path, dtype=spec.dtype)[1]
+            return cfg, hf_io.load_hf(spec.hf_path, dtype=spec.dtype, shardings=shardings)[1]
         seed = jax.random.fold_in(jax.random.key(ctx.seed), sum(map(ord, role)))
-        return cfg, model.init_params(cfg, seed)
+        return cfg, placement.init_params(ctx.mesh, cfg, seed)
     stage_dir = ctx.workdir / ref
     if (stage_dir / "DONE").exists() or (stage_dir / "params").exists():
-        return cfg, checkpoints.load_exported_params(stage_dir, model.abstract_params(cfg))
+        target = model.abstract_params(cfg)
+        return cfg, checkpoints.load_exported_params(stage_dir, target, shardings)
     if Path(ref).is_dir():
-        return hf_io.load_hf(ref, dtype=spec.dtype)
+        return hf_io.load_hf(ref, dtype=spec.dtype, shardings=shardings)
     raise FileNotFoundError(f"cannot load {ref!r}: {stage_dir}/params does not exist")
 
 
@@ -173,15 +211,18 @@ def run_stage(ctx: Context, stage: experiment.StageConfig, stage_dir: Path) -> d
     else:
         make_batch, total = maker(ctx, stage, policy, teacher)
     step_cfg = step_config(stage, total)
-    state = train.init_train_state(cfg, step_cfg.optimizer, params, ctx.seed)
-    step_fn = train.jit_train_step(step_cfg, cfg, teacher.cfg if teacher else None)
-    if teacher is None:
-        update = step_fn
-    else:
-        update = lambda state, batch: step_fn(state, teacher.params, batch)  # noqa: E731
+    state = placement.init_state(ctx.mesh, cfg, step_cfg.optimizer, params, ctx.seed)
+    update = placement.jit_update(
+        ctx.mesh,
+        step_cfg,
+        cfg,
+        state,
+        teacher.cfg if teacher else None,
+        teacher.params if teacher else None,
+    )
     diagnostics = {}
     if stage.kind == "forward_kl":
-        diagnostics.update(c2_kl(cfg, params, teacher, make_batch, "before"))
+        diagnostics.update(c2_kl(ctx, cfg, params, teacher, make_batch, "before"))
 
     def periodic_eval(params, step):
         return stages.evaluate_policy(ctx, cfg, params, stage_dir, f"step{step}")
@@ -200,7 +241,7 @@ def run_stage(ctx: Context, stage: experiment.StageConfig, stage_dir: Path) -> d
     )
     summary = stage_loop.stage_summary(stage_dir)
     if stage.kind == "forward_kl":
-        diagnostics.update(c2_kl(cfg, state.params, teacher, make_batch, "after"))
+        diagnostics.update(c2_kl(ctx, cfg, state.params, teacher, make_batch, "after"))
     summary.update(diagnostics)
     summary.update(stages.evaluate_policy(ctx, cfg, state.params, stage_dir, "final"))
     checkpoints.export_params(stage_dir, state.params, {"role": stage.model, "steps": total})
@@ -226,13 +267,16 @@ def step_config(stage: experiment.StageConfig, total_steps: int) -> train.StepCo
     )
 
 
-def c2_kl(cfg, params, teacher, make_batch, when: str) -> dict:
+def c2_kl(ctx: Context, cfg, params, teacher, make_batch, when: str) -> dict:
     """Condition C2: mean per-token KLs between teacher and student on the first batch of
     teacher rollouts (the same batch before and after the warmup)."""
     batch, _ = make_batch(params, 0)
-    stats = train.score_kl(
-        cfg, params, teacher.cfg, teacher.params, batch["tokens"], batch["attention_mask"]
+    tokens, attention_mask = placement.put_rows(
+        ctx.mesh, (batch["tokens"], batch["attention_mask"])
     )
+    stats = train.score_kl(cfg, params, teacher.cfg, teacher.params, tokens, attention_mask)
+    if ctx.mesh is not None:
+        stats = placement.to_host({k: stats[k] for k in ("forward", "reverse")})
     mask = batch["loss_mask"]
     count = max(float(mask.sum()), 1.0)
     return {
@@ -249,6 +293,10 @@ def export_hf(ctx: Context, stage_cfgs, name: str, out: Path) -> None:
             f"config.export_hf = {name!r} is not a stage: {[s.name for s in stage_cfgs]}"
         )
     cfg, params = load_params(ctx, stage.model, name)
+    if ctx.mesh is not None:
+        params = placement.to_host(params)  # every process takes part in the gather
+    if jax.process_index() != 0:
+        return
     tok = ctx.task.tokenizer
     hf_io.save_hf(out, cfg, params, eos_token_id=list(tok.eos_ids), pad_token_id=tok.pad_id)
     if tok.kind == "hf":

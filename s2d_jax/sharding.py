@@ -1,6 +1,6 @@
 """Device mesh, logical-axis rules, and the helpers that place params, optimizer state and batches.
 
-The model names the axes of every array (`model.param_axes`, `model.cache_axes`); a rules table
+The model names the axes of every array (`model.param_axes`, `cached_forward.cache_axes`); a rules table
 maps those logical names to the mesh axes `data`, `fsdp` and `tensor`. Training and sampling use
 different tables (sampling keeps whole weights on each FSDP shard: no all-gather per token).
 
@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as Spec
 
@@ -169,13 +170,16 @@ def param_shardings(cfg: model.ModelConfig, mesh: Mesh, rules: Rules) -> dict[st
 
 def cache_shardings(
     cfg: model.ModelConfig, mesh: Mesh, rules: Rules, batch: int, max_len: int
-) -> dict[str, Any]:
-    """Shardings of `model.init_cache(cfg, batch, max_len)` ([L, B, S, K, Dh] leaves)."""
-    shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+) -> tuple[dict[str, Any], ...]:
+    """Shardings of `cached_forward.init_cache(cfg, batch, max_len)`: per layer, [B, K, S, Dh]
+    leaves named by `cached_forward.cache_axes`."""
+    from s2d_jax import cached_forward  # it imports model; this module's users need not load it
+
+    shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
     return jax.tree.map(
         lambda axes: NamedSharding(mesh, logical_to_spec(axes, rules, mesh, shape)),
-        model.cache_axes(),
-        is_leaf=lambda x: isinstance(x, tuple),
+        cached_forward.cache_axes(cfg),
+        is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, str) for a in x),
     )
 
 
@@ -201,6 +205,37 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     The row count must be divisible by data * fsdp.
     """
     return NamedSharding(mesh, Spec(BATCH_AXES))
+
+
+def rows_sharding(mesh: Mesh, rows: int) -> NamedSharding:
+    """Leading dimension of `rows` over data x fsdp, or over the leading part of it that divides
+    `rows` (replicated when none does, as `logical_to_spec` drops axes that do not fit)."""
+    return NamedSharding(mesh, logical_to_spec(("act_batch",), TRAIN_RULES, mesh, (rows,)))
+
+
+def put_rows(host_tree, mesh: Mesh):
+    """Host arrays [B, ...] of a whole batch, the same on every process -> global arrays split
+    by rows (`rows_sharding`). Each process transfers only the rows its own devices hold, and the
+    global row order is the host order whatever the device layout (unlike `global_batch`)."""
+
+    def put(x):
+        x = np.asarray(x)
+        sharding = rows_sharding(mesh, x.shape[0])
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(put, host_tree)
+
+
+def to_host(tree):
+    """NumPy copies of a tree's arrays; an array spanning processes is gathered to every process
+    (a collective: all processes must call it)."""
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(get, tree)
 
 
 def shard_params(params, shardings):

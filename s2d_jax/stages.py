@@ -19,8 +19,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
-from s2d_jax import evaluate, losses, rollouts, sampler, train
+from s2d_jax import evaluate, losses, placement, rewards, rollouts, sampler, train
+from s2d_jax import sharding as sh
 from s2d_jax.experiment import StageConfig
 
 
@@ -50,12 +52,13 @@ def batch_indices(ctx, stage: StageConfig, pool_size: int, step: int):
 
 
 def _sample(ctx, cfg, params, prompts, stage_or_eval, seed, num_samples):
+    """A rollout of every prompt, as host arrays on every process, and its stats."""
     s = stage_or_eval
     tok = ctx.task.tokenizer
     t0 = time.perf_counter()
     rollout = sampler.generate(
         cfg,
-        params,
+        placement.sampling_params(ctx.mesh, cfg, params),
         prompts,
         max_new_tokens=s.max_new_tokens,
         temperature=s.temperature,
@@ -66,7 +69,9 @@ def _sample(ctx, cfg, params, prompts, stage_or_eval, seed, num_samples):
         seed=seed,
         num_samples=num_samples,
         mesh=ctx.mesh,
+        data_axis=placement.SAMPLE_DATA_AXIS,
     )
+    rollout = placement.to_host(rollout)
     lengths = np.asarray(rollout.lengths)
     stats = {
         "rollout/tokens": float(lengths.sum()),
@@ -75,6 +80,28 @@ def _sample(ctx, cfg, params, prompts, stage_or_eval, seed, num_samples):
         "time/sample_s": time.perf_counter() - t0,
     }
     return rollout, stats
+
+
+def _score(ctx, cfg, params, batch) -> np.ndarray:
+    """Log-probs [B, T-1] of a host batch's tokens under frozen `params` (rows over the mesh)."""
+    tokens, mask = placement.put_rows(ctx.mesh, (batch["tokens"], batch["attention_mask"]))
+    return placement.to_host(train.score_tokens(cfg, params, tokens, mask))
+
+
+def grade_own_rows(grader, texts: list[str], references: list[str]):
+    """`grader.grade` with the rows split over processes: each grades its `process_rows`, and
+    the rewards [B] and the stats (counts, summed; the mean reward) are gathered back."""
+    n = jax.process_count()
+    if n == 1 or len(texts) % n:
+        return grader.grade(texts, references)
+    mine = sh.process_rows(len(texts))
+    rewards_b, stats = grader.grade(texts[mine], references[mine])
+    rewards_B = np.asarray(multihost_utils.process_allgather(rewards_b, tiled=True))
+    keys = sorted(k for k in stats if k != "reward/mean")
+    totals = multihost_utils.process_allgather(np.array([stats[k] for k in keys])).sum(0)
+    stats = {k: float(v) for k, v in zip(keys, totals, strict=True)}
+    stats["reward/mean"] = float(rewards_B.mean())
+    return rewards_B, stats
 
 
 # ----------------------------------------------------------------------------- per-kind batch makers
@@ -105,8 +132,11 @@ def grpo_batches(ctx, stage, policy, teacher):
         rollout, stats = _sample(ctx, policy.cfg, params, prompts, sampling, seed + step + 1, G)
         texts = rollouts.completion_texts(rollout, ctx.task.tokenizer)
         references = [pool[i]["answer"] for i in idx for _ in range(G)]
-        rewards_B, reward_stats = ctx.grader.grade(texts, references)
-        rewards_B = np.where(np.asarray(rollout.truncated), 0.0, rewards_B)  # truncated: reward 0
+        rewards_B, reward_stats = grade_own_rows(ctx.grader, texts, references)
+        correct_B = np.where(np.asarray(rollout.truncated), 0.0, rewards_B)  # truncated: 0
+        answered_B = np.array([rewards.extract_answer(t) is not None for t in texts])
+        answered_B &= ~np.asarray(rollout.truncated)
+        rewards_B = np.maximum(correct_B, stage.grpo.format_reward * answered_B)
         batch = rollouts.rollout_batch(rollout)
         batch["advantages"] = np.asarray(
             losses.group_advantages(
@@ -114,19 +144,17 @@ def grpo_batches(ctx, stage, policy, teacher):
             )
         )
         if sampling.temperature != 1.0:  # the sampler's log-probs are tempered; the trainer's not
-            batch["old_logprobs"] = np.asarray(
-                train.score_tokens(policy.cfg, params, batch["tokens"], batch["attention_mask"])
-            )
+            batch["old_logprobs"] = _score(ctx, policy.cfg, params, batch)
         if stage.grpo.kl_coef > 0:
-            batch["ref_logprobs"] = np.asarray(
-                train.score_tokens(policy.cfg, ref_params, batch["tokens"], batch["attention_mask"])
-            )
-        solved = rewards_B.reshape(-1, G).max(axis=1)
+            batch["ref_logprobs"] = _score(ctx, policy.cfg, ref_params, batch)
+        solved = correct_B.reshape(-1, G).max(axis=1)
         return batch, {
             **stats,
             **reward_stats,
             "grpo/reward": float(rewards_B.mean()),
             "grpo/solved_any": float(solved.mean()),
+            "grpo/correct": float(correct_B.mean()),
+            "grpo/answered": float(answered_B.mean()),
         }
 
     return make_batch, num_steps(stage, len(pool))
@@ -199,9 +227,7 @@ def on_policy_kl_batches(ctx, stage, policy, teacher):
         )
         batch = rollouts.rollout_batch(rollout)
         if stage.sampling.temperature != 1.0:
-            batch["old_logprobs"] = np.asarray(
-                train.score_tokens(policy.cfg, params, batch["tokens"], batch["attention_mask"])
-            )
+            batch["old_logprobs"] = _score(ctx, policy.cfg, params, batch)
         return batch, stats
 
     return make_batch, num_steps(stage, len(pool))
@@ -218,13 +244,15 @@ def evaluate_policy(ctx, cfg, params, out_dir: Path | None, tag: str) -> dict:
         pool = ctx.task.pool(split)
         if e.max_problems:
             pool = pool[: e.max_problems]
-        completions = []
+        completions, lengths, truncated = [], [], []
         for start in range(0, len(pool), e.batch_size):
             chunk = pool[start : start + e.batch_size]
             prompts = [ctx.task.prompt_ids(ex) for ex in chunk]
             rollout, _ = _sample(ctx, cfg, params, prompts, e, ctx.seed + 7919 + start, e.samples)
             texts = rollouts.completion_texts(rollout, ctx.task.tokenizer)
             completions += [texts[i : i + e.samples] for i in range(0, len(texts), e.samples)]
+            lengths.append(np.asarray(rollout.lengths))
+            truncated.append(np.asarray(rollout.truncated))
         correct_PK, answers, records, _ = evaluate.score_completions(
             ctx.grader, [ex["id"] for ex in pool], completions, [ex["answer"] for ex in pool]
         )
@@ -236,6 +264,10 @@ def evaluate_policy(ctx, cfg, params, out_dir: Path | None, tag: str) -> dict:
             pass_ks=sorted({1, e.samples}),
             prefix=f"eval/{split}",
         )
+        # Completion length in tokens, and the fraction cut at max_new_tokens (graded 0 unless an
+        # answer came first): what GRPO moves first on a model that rambles.
+        summary[f"eval/{split}/length"] = float(np.concatenate(lengths).mean())
+        summary[f"eval/{split}/truncated"] = float(np.concatenate(truncated).mean())
         if out_dir is not None and jax.process_index() == 0:
             evaluate.write_eval_outputs(
                 str(Path(out_dir) / f"eval_{tag}" / split), records, summary

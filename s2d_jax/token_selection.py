@@ -13,7 +13,8 @@ def sample_tokens(
 
     Temperature 0 is greedy (argmax). Otherwise the logits are divided by the temperature, cut to
     the top_k largest (0 = all), then to the smallest prefix of those, in decreasing order, whose
-    renormalised mass reaches top_p, and a token is drawn from what is left, renormalised.
+    renormalised mass reaches top_p (tokens tied with the last one kept stay too), and a token is
+    drawn from what is left, renormalised.
 
     The returned log-prob is log_softmax(logits / temperature) at the token, *before* top-k and
     top-p: the trainer scores tokens with the untruncated policy (`model.forward` + log_softmax),
@@ -53,15 +54,43 @@ def _inverse_cdf_draw(logits_BV: jax.Array, keys_B: jax.Array) -> jax.Array:
     return jnp.minimum(index_B, last_B).astype(jnp.int32)
 
 
+def _top_p_floor(probs_BV: jax.Array, top_p: float) -> jax.Array:
+    """Per row, the smallest probability [B] kept by top-p over probs [B, V], unnormalised with
+    a maximum of 1 (exp(logits - max)).
+
+    Top-p keeps the fewest most-likely tokens whose mass reaches top_p: every token with
+    p >= t*, t* the largest t such that the mass of {p >= t} is >= top_p * total. Found by
+    bisection over the bit patterns of non-negative float32 (ordered as the values they encode),
+    31 masked sums over [B, V], instead of sorting the vocabulary: a full sort (`lax.top_k` with
+    k = V) took ~280 ms per step for 16 x 32000 on a CPU. Equal to the sorted definition except
+    that a tie at t* keeps all tied tokens.
+    """
+    target_B = top_p * jnp.sum(probs_BV, axis=-1)
+    # probs <= 1 (the largest is exp(0)), so bits(1.0) + 1 is above every probability.
+    lo_B = jnp.zeros(probs_BV.shape[:1], jnp.int32)  # mass of {p >= 0} = total >= target
+    hi_B = jnp.full_like(lo_B, jax.lax.bitcast_convert_type(jnp.float32(1.0), jnp.int32) + 1)
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        t = jax.lax.bitcast_convert_type(mid, jnp.float32)[:, None]
+        enough = jnp.sum(jnp.where(probs_BV >= t, probs_BV, 0.0), axis=-1) >= target_B
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+    lo_B, _ = jax.lax.fori_loop(0, 31, halve, (lo_B, hi_B))  # hi - lo < 2^31 halves to 1
+    return jax.lax.bitcast_convert_type(lo_B, jnp.float32)
+
+
 def _draw_truncated(logits_BV: jax.Array, keys_B: jax.Array, top_k: int, top_p: float):
-    if top_k == 0 and top_p >= 1.0:
-        return _inverse_cdf_draw(logits_BV, keys_B)
-    k = logits_BV.shape[-1] if top_k == 0 else min(top_k, logits_BV.shape[-1])
-    # Candidates in decreasing order; top-p then needs only a cumulative sum, no second sort.
-    values_BK, index_BK = jax.lax.top_k(logits_BV, k)
+    index_BK = None
+    if 0 < top_k < logits_BV.shape[-1]:
+        # Only the k largest stay candidates; lax.top_k with a small k is a partial sort.
+        logits_BV, index_BK = jax.lax.top_k(logits_BV, top_k)
     if top_p < 1.0:
-        probs_BK = jax.nn.softmax(values_BK, axis=-1)
-        mass_before_BK = jnp.cumsum(probs_BK, axis=-1) - probs_BK  # exactly 0 for the first
-        values_BK = jnp.where(mass_before_BK < top_p, values_BK, -jnp.inf)
-    choice_B = _inverse_cdf_draw(values_BK, keys_B)
+        probs_BV = jnp.exp(logits_BV - jnp.max(logits_BV, axis=-1, keepdims=True))
+        floor_B = _top_p_floor(probs_BV, top_p)
+        logits_BV = jnp.where(probs_BV >= floor_B[:, None], logits_BV, -jnp.inf)
+    choice_B = _inverse_cdf_draw(logits_BV, keys_B)
+    if index_BK is None:
+        return choice_B
     return jnp.take_along_axis(index_BK, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)

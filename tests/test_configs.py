@@ -16,13 +16,14 @@ from test_data import build_hf_tokenizer
 
 import configs
 from configs import eval as eval_config
-from configs import paper, smollm2_gsm8k, toy_arith
+from configs import paper, smollm2_gsm8k, toy_arith, toy_calibration
 from s2d_jax import hf_io, model, pipeline
 
 
 def test_every_config_file_is_covered():
     names = {m.name for m in pkgutil.iter_modules(configs.__path__)} - {"common"}
-    assert names == {"toy_arith", "paper", "eval", "smollm2_gsm8k"}, "add the new config here"
+    expected = {"toy_arith", "toy_calibration", "paper", "eval", "smollm2_gsm8k"}
+    assert names == expected, "add the new config here"
     for name in names:
         assert importlib.import_module(f"configs.{name}").__doc__.count("python -m s2d_jax.main")
 
@@ -160,3 +161,23 @@ def test_toy_config_variants():
     with pytest.raises(KeyError, match="stage_3"):
         toy_arith.get_config("stage_3=false")
     pipeline.validate(full)
+
+
+def test_calibration_config_sizes_and_shrunk_run(tmp_path):
+    """Both sizes validate on the toy task of configs/toy_arith.py; a shrunk 1M run goes
+    warm-start -> GRPO and reports both rows."""
+    for size, preset in (("1m", "toy_teacher"), ("5m", "toy_5m")):
+        config = toy_calibration.get_config(f"size={size}")
+        assert config.models.teacher.preset == preset
+        assert config.task == toy_arith.get_config().task
+        plan = pipeline.validate(config)
+        assert [(s.name, s.kind, s.init_from) for s in plan.stages] == [
+            ("sft", "sft", "base"),
+            ("grpo", "grpo", "sft"),
+        ]
+    with pytest.raises(KeyError, match="size='2m'"):
+        toy_calibration.get_config("size=2m")
+    summaries = pipeline.run(shrink_config(toy_calibration.get_config("size=1m")), tmp_path)
+    assert "eval/test/avg@2" in summaries["sft"] and "eval/test/avg@2" in summaries["grpo"]
+    report = (tmp_path / "report.md").read_text()
+    assert "warm-started (before GRPO)" in report and "after GRPO" in report

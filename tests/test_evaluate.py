@@ -156,6 +156,23 @@ def test_group_breakdown_and_summary():
         evaluate.summarize(correct, pass_ks=(8,))
 
 
+def test_answered_rate_by_hand():
+    # Per-problem answered fractions 2/3, 0, 1: mean 5/9; sample std (ddof=1) of those three
+    # is sqrt(((1/9)^2 + (5/9)^2 + (4/9)^2) / 2) = sqrt(42 / 162); SE divides it by sqrt(3).
+    answers = [["1", None, "x"], [None, None, None], ["2", "2", "0"]]
+    rate, se = evaluate.answered_rate(answers)
+    assert rate == pytest.approx(5 / 9)
+    assert se == pytest.approx(math.sqrt(42 / 162) / math.sqrt(3))
+    summary = evaluate.summarize(np.zeros((3, 3), bool), answers=answers)
+    assert summary["eval/answered"] == pytest.approx(5 / 9)
+    assert summary["eval/answered_se"] == pytest.approx(se)
+    assert "eval/answered" not in evaluate.summarize(np.zeros((3, 3), bool))
+    with pytest.raises(ValueError, match="same k"):
+        evaluate.answered_rate([["1"], ["1", "2"]])
+    with pytest.raises(ValueError, match="expected 2"):
+        evaluate.answered_rate([["1"]], num_samples=2)
+
+
 class _EqualityGrader:
     """Stands in for rewards.Grader: correct when the boxed text equals the reference."""
 

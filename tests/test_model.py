@@ -1,13 +1,14 @@
 """The decoder on its own: presets, causality, padding invariance, KV-cache decoding, errors."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2d_jax import model
+from s2d_jax import cached_forward, model
 
 # Published config.json values, copied by hand from each Hugging Face release (the source is the key).
 PUBLISHED = {
@@ -271,6 +272,8 @@ def test_left_and_right_padding_match_unpadded():
 
 @pytest.mark.parametrize("family", ["qwen3", "llama"])
 def test_cached_decoding_matches_forward(family):
+    """A prefill reading only the prompt slots, then one token at a time through the KV cache
+    (stacked and per-layer weights) gives `forward`'s logits at every real position."""
     extra = {} if family == "qwen3" else dict(qk_norm=False, rope_scaling=(8.0, 1.0, 4.0, 16))
     cfg, params = _tiny(family=family, **extra)
     B, P, N = 3, 6, 5
@@ -280,16 +283,24 @@ def test_cached_decoding_matches_forward(family):
     mask[:, :P] = np.arange(P)[None] >= (P - prompt_len)[:, None]  # left padding
     full = model.forward(cfg, params, tokens, jnp.asarray(mask))
     positions = model.positions_from_mask(jnp.asarray(mask))
-    cache = model.init_cache(cfg, B, P + N)
-    kv_mask = jnp.zeros((B, P + N), bool).at[:, :P].set(mask[:, :P])
-    logits, cache = model.decode(cfg, params, tokens[:, :P], positions[:, :P], cache, 0, kv_mask)
-    np.testing.assert_allclose(logits[mask[:, :P]], full[:, :P][mask[:, :P]], atol=1e-4)
-    for t in range(P, P + N):
-        kv_mask = kv_mask.at[:, t].set(True)
-        step, cache = model.decode(
-            cfg, params, tokens[:, t : t + 1], positions[:, t : t + 1], cache, t, kv_mask
+
+    @functools.partial(jax.jit, static_argnames="read_length")
+    def run(params, tokens, positions, cache, slot, kv_mask, read_length=None):
+        hidden, cache = cached_forward.forward_cached(
+            cfg, params, tokens, positions, cache, slot, kv_mask, read_length
         )
-        np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-4)
+        return model.logits_from_hidden(cfg, params, hidden), cache
+
+    for weights in (params, cached_forward.unstack_layers(params)):
+        cache = cached_forward.init_cache(cfg, B, P + N)
+        kv_mask = jnp.zeros((B, P + N), bool).at[:, :P].set(mask[:, :P])
+        logits, cache = run(weights, tokens[:, :P], positions[:, :P], cache, 0, kv_mask, P)
+        np.testing.assert_allclose(logits[mask[:, :P]], full[:, :P][mask[:, :P]], atol=1e-4)
+        for t in range(P, P + N):
+            kv_mask = kv_mask.at[:, t].set(True)
+            token, position = tokens[:, t : t + 1], positions[:, t : t + 1]
+            step, cache = run(weights, token, position, cache, t, kv_mask)
+            np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-4)
 
 
 def test_bfloat16_compute_is_close_to_float32():

@@ -6,6 +6,9 @@ sharded updates, an orbax checkpoint saved and restored by both. The result must
 `run` on 4 devices of this single process (the reference: one controller, same mesh shape).
 The fast test uses the smoke script's `--quick` step (plain optax SGD on a linear model); the
 slow one runs `train.train_step` with the GRPO objective (its compile takes ~30 s per process).
+A second slow test runs the real entry point, `python -m s2d_jax.main --distributed`, in two
+processes: the toy pipeline's SFT and GRPO stages (sampling, grading split over the processes,
+eval, export) on a (1, 2, 2) mesh, compared with `pipeline.run` on 4 devices of this process.
 """
 
 import json
@@ -20,7 +23,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as Spec
 
-from s2d_jax import checkpoints, model, train
+from s2d_jax import checkpoints, metrics, model, pipeline, train
 from s2d_jax import sharding as sh
 from s2d_jax.tools import multihost_smoke
 
@@ -35,6 +38,18 @@ def _free_port() -> int:
 
 def _launch_two_processes(workdir: Path, extra_args: list[str], timeout: float) -> dict:
     """Run the smoke script as processes 0 and 1; return process 0's result.json."""
+
+    def command(address, i):
+        cmd = [sys.executable, "-m", "s2d_jax.tools.multihost_smoke", "--coordinator", address]
+        cmd += ["--num_processes", "2", "--process_id", str(i), "--workdir", str(workdir)]
+        return cmd + extra_args
+
+    _run_two_processes(workdir, command, timeout)
+    return json.loads((workdir / "result.json").read_text())
+
+
+def _run_two_processes(workdir: Path, command, timeout: float) -> None:
+    """Run `command(coordinator_address, process_id)` as processes 0 and 1 (2 CPU devices each)."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     env["JAX_PLATFORMS"] = "cpu"
@@ -42,9 +57,9 @@ def _launch_two_processes(workdir: Path, extra_args: list[str], timeout: float) 
     procs, logs = [], []
     for i in range(2):
         log = open(workdir / f"process_{i}.log", "w")  # noqa: SIM115 (closed below)
-        cmd = [sys.executable, "-m", "s2d_jax.tools.multihost_smoke", "--coordinator", address]
-        cmd += ["--num_processes", "2", "--process_id", str(i), "--workdir", str(workdir)]
-        procs.append(subprocess.Popen(cmd + extra_args, cwd=REPO, env=env, stdout=log, stderr=log))
+        procs.append(
+            subprocess.Popen(command(address, i), cwd=REPO, env=env, stdout=log, stderr=log)
+        )
         logs.append(log)
     try:
         codes = [p.wait(timeout=timeout) for p in procs]
@@ -61,7 +76,6 @@ def _launch_two_processes(workdir: Path, extra_args: list[str], timeout: float) 
         f"--- process {i}:\n" + (workdir / f"process_{i}.log").read_text()[-3000:] for i in range(2)
     )
     assert codes == [0, 0], f"exit codes {codes} (None: timed out after {timeout} s)\n{tails}"
-    return json.loads((workdir / "result.json").read_text())
 
 
 def _check_against_single_process(result: dict, reference: dict):
@@ -141,3 +155,76 @@ def test_checkpoint_restores_onto_another_mesh_shape(tmp_path):
     assert len(moments) == 2
     assert wq.sharding.spec == Spec(None, "fsdp", "tensor", None)
     assert all(m.sharding.spec == wq.sharding.spec for m in moments), [m.sharding for m in moments]
+
+
+PIPELINE_CONFIG = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import shrink_config
+from configs import toy_arith
+
+
+def get_config(arg=None):
+    config = shrink_config(toy_arith.get_config("stage3=false"), keep_stages=("student_sft", "direct_grpo"))
+    config.export_hf = "direct_grpo"
+    config.mesh.update(data=1, fsdp=2, tensor=2)
+    return config
+"""
+
+
+def _pipeline_results(workdir: Path) -> dict:
+    cfg = model.ModelConfig.preset("toy_tiny", vocab_size=22)
+    out = {}
+    for stage in ("student_sft", "direct_grpo"):
+        rows = [
+            {k: v for k, v in r.items() if not k.startswith("time/") and not k.endswith("per_s")}
+            for r in metrics.read_metrics(workdir / stage)
+        ]
+        params = checkpoints.load_exported_params(workdir / stage, model.abstract_params(cfg))
+        out[stage] = (rows, jax.device_get(params))
+    return out
+
+
+@pytest.mark.slow
+def test_two_processes_run_pipeline_stages(tmp_path):
+    """`main.py --distributed` on 2 processes x 2 devices == `pipeline.run` on 4 local devices."""
+    config_file = tmp_path / "config.py"
+    config_file.write_text(PIPELINE_CONFIG.format(tests=str(REPO / "tests")))
+    (tmp_path / "multi").mkdir()
+
+    def command(address, i):
+        return [
+            sys.executable,
+            "-m",
+            "s2d_jax.main",
+            f"--config={config_file}",
+            f"--workdir={tmp_path / 'multi'}",
+            "--distributed",
+            f"--coordinator_address={address}",
+            "--num_processes=2",
+            f"--process_id={i}",
+        ]
+
+    _run_two_processes(tmp_path / "multi", command, timeout=900)
+    spec = {"__name__": "pipeline_config"}
+    exec(config_file.read_text(), spec)  # noqa: S102 (the test's own config text)
+    pipeline.run(spec["get_config"](), tmp_path / "single", devices=jax.devices()[:4])
+
+    multi, single = _pipeline_results(tmp_path / "multi"), _pipeline_results(tmp_path / "single")
+    for stage, (rows, params) in single.items():
+        got_rows, got_params = multi[stage]
+        assert [r["step"] for r in got_rows] == [1, 2], stage
+        for a, b in zip(rows, got_rows, strict=True):
+            assert a.keys() == b.keys(), stage
+            keys = sorted(a)
+            np.testing.assert_allclose(
+                [b[k] for k in keys], [a[k] for k in keys], rtol=1e-4, atol=1e-5, err_msg=stage
+            )
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4), params, got_params
+        )
+    for name in ("student_sft", "direct_grpo"):  # process 0 wrote eval outputs and DONE
+        assert (tmp_path / "multi" / name / "DONE").exists()
+        assert (tmp_path / "multi" / name / "eval_final" / "test" / "samples.jsonl").exists()
+    assert (tmp_path / "multi" / "export_hf" / "config.json").exists()
+    assert (tmp_path / "multi" / "report.md").exists()

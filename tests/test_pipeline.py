@@ -34,6 +34,8 @@ def test_every_stage_kind_runs_two_steps(toy_run):
         assert (workdir / name / "params").exists()
         assert (workdir / name / "eval_final" / "test" / "samples.jsonl").exists()
         assert "eval/test/avg@2" in summaries[name]
+        assert 0 < summaries[name]["eval/test/length"] <= 12  # shrink_config's new_tokens
+        assert 0 <= summaries[name]["eval/test/truncated"] <= 1
     assert "grpo/reward" in metrics.read_metrics(workdir / "teacher_grpo")[0]
     assert "c2/forward_before" in summaries["fkl"]
     assert (workdir / "report.md").read_text().count("|") > 10
@@ -159,3 +161,40 @@ def test_nan_policy_raise_names_step_and_metric(tmp_path, monkeypatch):
     with pytest.raises(FloatingPointError, match=r"step 1: metric train/loss"):
         pipeline.run(config, tmp_path)
     assert not (tmp_path / "direct_grpo" / "DONE").exists()
+
+
+class _WrongGrader:
+    """Every answer graded wrong, so a GRPO reward can only come from the format term."""
+
+    def __init__(self, workers, timeout_s):
+        del workers, timeout_s
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def grade(self, texts, references):
+        return np.zeros(len(texts), np.float32), {"reward/mean": 0.0}
+
+
+def test_format_reward_pays_extractable_wrong_answers(tmp_path, monkeypatch):
+    """grpo.format_reward: reward = format_reward for a wrong answer that extract_answer finds
+    (here: completions of even length), 0 without one; `grpo/correct` stays 0."""
+    from s2d_jax import rewards, stages
+
+    monkeypatch.setattr(rewards, "Grader", _WrongGrader)
+    monkeypatch.setattr(
+        stages.rewards, "extract_answer", lambda t: "7" if len(t) % 2 == 0 else None
+    )
+    config = _toy(keep_stages=("teacher_grpo",))
+    config.stages.teacher_grpo.init_from = "base"
+    config.stages.teacher_grpo.grpo.format_reward = 0.25
+    config.eval.splits = ""
+    pipeline.run(config, tmp_path)
+    rows = metrics.read_metrics(tmp_path / "teacher_grpo")
+    assert any(0 < r["grpo/answered"] < 1 for r in rows)  # the check below is not vacuous
+    for r in rows:
+        assert r["grpo/correct"] == 0.0 and r["grpo/solved_any"] == 0.0
+        assert r["grpo/reward"] == pytest.approx(0.25 * r["grpo/answered"])

@@ -15,7 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from s2d_jax import hf_io, model, sampler  # noqa: E402
+from s2d_jax import hf_io, model, sampler, token_selection  # noqa: E402
+from s2d_jax import sharding as sh  # noqa: E402
 
 SMALL = dict(
     vocab_size=97,
@@ -222,6 +223,23 @@ def test_sampling_frequencies_match_truncated_distribution(temperature, top_k, t
     np.testing.assert_allclose(logprobs, untruncated[np.asarray(tokens)], atol=1e-5)
 
 
+def test_top_p_keeps_the_sorted_prefix_on_a_large_vocabulary():
+    """The sort-free top-p cut keeps exactly the smallest most-likely prefix reaching top_p."""
+    rng = np.random.default_rng(12)
+    logits = rng.normal(0.0, 3.0, (32, 5000)).astype(np.float32)  # ties have probability ~0
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    # float32 masses: a top_p within ~1e-6 of a prefix mass could round either way; these aren't.
+    for top_p in (0.05, 0.5, 0.9, 0.99):
+        floor = token_selection._top_p_floor(jnp.asarray(probs), top_p)
+        kept = probs >= np.asarray(floor)[:, None]
+        for row, p in zip(kept, probs.astype(np.float64), strict=True):
+            order = np.argsort(-p)
+            before = np.concatenate([[0.0], np.cumsum(p[order])[:-1]]) / p.sum()
+            expect = np.zeros_like(row)
+            expect[order[before < top_p]] = True
+            np.testing.assert_array_equal(row, expect)
+
+
 def test_sample_tokens_greedy_is_first_argmax():
     logits = jnp.array([[0.0, 3.0, 3.0, 1.0], [5.0, -1.0, 2.0, 5.0]])
     tokens, logprobs = sampler.sample_tokens(
@@ -303,6 +321,34 @@ def test_mesh_of_8_devices_gives_single_device_tokens(family_model):
         np.testing.assert_allclose(sharded.logprobs, single.logprobs, atol=1e-5)
 
 
+def test_rows_over_two_mesh_axes_give_single_device_tokens(family_model):
+    """data_axis=("data", "fsdp") on a (2, 2, 2) mesh, weights split over tensor (SAMPLE_RULES):
+    rows are spread over 4 shards (6 rows padded to 8) and the tokens equal one device's."""
+    _, cfg, params = family_model
+    if cfg.family != "qwen3":
+        pytest.skip("one family suffices: this checks the sampler's sharding, not the model")
+    mesh = sh.make_mesh(sh.MeshConfig(2, 2, 2))
+    placed = sh.shard_params(params, sh.param_shardings(cfg, mesh, sh.SAMPLE_RULES))
+    prompts = _random_prompts([5, 11, 8, 1, 3, 16], cfg.vocab_size, seed=13)
+    axes = ("data", "fsdp")
+    state = sampler.prefill(
+        cfg,
+        placed,
+        prompts,
+        sampler.make_settings(cfg, temperature=0.0, top_p=1.0, top_k=0, eos_id=(), pad_id=PAD),
+        max_new_tokens=N_NEW,
+        mesh=mesh,
+        data_axis=axes,
+    )
+    assert state.prompt.shape[0] == 8
+    assert state.cache[0]["k"].sharding.shard_shape(state.cache[0]["k"].shape)[0] == 2
+    for kw in (dict(SAMPLED, temperature=0.0), SAMPLED):
+        single = sampler.generate(cfg, params, prompts, **kw)
+        sharded = sampler.generate(cfg, placed, prompts, mesh=mesh, data_axis=axes, **kw)
+        np.testing.assert_array_equal(sharded.tokens, single.tokens)
+        np.testing.assert_allclose(sharded.logprobs, single.logprobs, atol=1e-5)
+
+
 def test_prefill_and_decode_loop_traced_once_per_bucket(family_model, monkeypatch):
     _, cfg, params = family_model
     if cfg.family != "qwen3":
@@ -364,10 +410,18 @@ def test_bad_arguments_are_named(change, match):
         sampler.generate(cfg, params, kw.pop("prompts"), **kw)
 
 
-def test_mesh_without_data_axis_is_named():
+@pytest.mark.parametrize("data_axis", ["data", ("fsdp", "data"), ("fsdp", "fsdp")])
+def test_mesh_without_data_axis_is_named(data_axis):
     cfg = model.ModelConfig.preset("toy_tiny", vocab_size=40)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("fsdp",))
-    with pytest.raises(ValueError, match="'data' axis"):
+    with pytest.raises(ValueError, match="data_axis=.* must name distinct axes of the mesh"):
         sampler.generate(
-            cfg, model.abstract_params(cfg), [[1]], max_new_tokens=4, eos_id=3, pad_id=0, mesh=mesh
+            cfg,
+            model.abstract_params(cfg),
+            [[1]],
+            max_new_tokens=4,
+            eos_id=3,
+            pad_id=0,
+            mesh=mesh,
+            data_axis=data_axis,
         )

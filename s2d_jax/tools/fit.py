@@ -12,8 +12,8 @@ total = arguments + outputs - aliased + temporaries.
 
 Three programs are compiled: the train step (`train.jit_train_step`, TRAIN_RULES, state
 donated; `--objective` picks the loss, the distillation ones also take `--teacher_preset`'s frozen
-params), the sampler's prefill (`model.decode` over the prompt, cache donated) and one sampler
-decode step (`model.decode` with T = 1), both under SAMPLE_RULES.
+params), the sampler's prefill (`cached_forward.forward_cached` over the prompt, cache donated)
+and one sampler decode step (the same with T = 1, plus the logits), both under SAMPLE_RULES.
 
 These are estimates for TPU/GPU: the CPU compiler makes its own fusion, layout and scheduling
 choices, so treat temporaries as approximate (about +-30%); arguments and outputs (params,
@@ -116,13 +116,17 @@ def train_step_memory(model_cfg, mesh, *, batch: int, seq: int, step_cfg, teache
 
 
 def sampler_memory(model_cfg, mesh, *, batch: int, prompt_len: int, cache_len: int):
-    """Compile the sampler's prefill ([batch, prompt_len]) and one decode step; per-device bytes."""
+    """Compile the sampler's prefill ([batch, prompt_len]) and one decode step; per-device bytes.
+
+    Both are `cached_forward.forward_cached` on the stacked params, as `sampler.generate(...,
+    unstack=False)` runs them (`unstack=True` adds a transient copy of the layer weights).
+    """
     import jax
     import jax.numpy as jnp
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as Spec
 
-    from s2d_jax import model
+    from s2d_jax import cached_forward, model
     from s2d_jax import sharding as sh
 
     rules = sh.SAMPLE_RULES
@@ -130,7 +134,8 @@ def sampler_memory(model_cfg, mesh, *, batch: int, prompt_len: int, cache_len: i
     params = _abstract(model.abstract_params(model_cfg), p_shardings)
     c_shardings = sh.cache_shardings(model_cfg, mesh, rules, batch, cache_len)
     cache = _abstract(
-        jax.eval_shape(lambda: model.init_cache(model_cfg, batch, cache_len)), c_shardings
+        jax.eval_shape(lambda: cached_forward.init_cache(model_cfg, batch, cache_len)),
+        c_shardings,
     )
     rows = NamedSharding(mesh, sh.logical_to_spec(("act_batch",), rules, mesh, (batch,)))
     index = jax.ShapeDtypeStruct((), jnp.int32, sharding=sh.replicated(mesh))
@@ -139,10 +144,15 @@ def sampler_memory(model_cfg, mesh, *, batch: int, prompt_len: int, cache_len: i
     logits_sharding = NamedSharding(mesh, Spec(rows.spec[0], None, vocab))
 
     def prefill(params, tokens, positions, cache, index, kv_mask):
-        return model.decode(model_cfg, params, tokens, positions, cache, index, kv_mask)[1]
+        return cached_forward.forward_cached(
+            model_cfg, params, tokens, positions, cache, index, kv_mask, prompt_len
+        )[1]
 
     def decode_step(params, tokens, positions, cache, index, kv_mask):
-        return model.decode(model_cfg, params, tokens, positions, cache, index, kv_mask)
+        hidden, cache = cached_forward.forward_cached(
+            model_cfg, params, tokens, positions, cache, index, kv_mask
+        )
+        return model.logits_from_hidden(model_cfg, params, hidden), cache
 
     out = {}
     for name, fn, T, out_shardings in (

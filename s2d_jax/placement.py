@@ -1,0 +1,141 @@
+"""Where a pipeline stage's arrays live: the mesh of `config.mesh`, and params, train state,
+batches and sampler weights placed on it.
+
+    mesh = placement.build_mesh(placement.parse_mesh(config))    # None on a single device
+    params = placement.init_params(mesh, cfg, key)                # built on its shards
+    state = placement.init_state(mesh, cfg, opt_cfg, params, seed)
+    update = placement.jit_update(mesh, step_cfg, cfg, state, teacher_cfg, teacher_params)
+
+`mesh` None is the unsharded path (one device): every function here then does exactly what the
+pipeline did before meshes existed, so one-device numbers do not change. With a mesh, params and
+the AdamW state follow `sharding.TRAIN_RULES`, batches are split by rows (`sharding.put_rows`),
+and the sampler gets `SAMPLE_RULES` weights.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+from jax.sharding import Mesh
+
+from s2d_jax import model, train
+from s2d_jax import sharding as sh
+from s2d_jax.experiment import to_dataclass
+
+# The mesh axes the sampler splits its rows over: a train batch's, so fsdp shards sample other
+# rows instead of repeating the data shards' work.
+SAMPLE_DATA_AXIS = sh.BATCH_AXES
+
+
+def parse_mesh(config) -> sh.MeshConfig | None:
+    """`config.mesh` as a MeshConfig (keys checked); None when the config has no `mesh` key."""
+    if "mesh" not in config:
+        return None  # a config from before meshes: one device, as it always ran
+    return to_dataclass(sh.MeshConfig, config.mesh, "config.mesh")
+
+
+def build_mesh(mesh_cfg: sh.MeshConfig | None, devices: Sequence | None = None) -> Mesh | None:
+    """The ("data", "fsdp", "tensor") mesh over `devices` (default all of every process), or None
+    (nothing sharded: the plain one-device path) when it would hold a single device or the
+    config has no mesh. Sizes that do not fit the device count raise, naming the axis."""
+    if mesh_cfg is None:
+        return None
+    devices = list(jax.devices() if devices is None else devices)
+    mesh_cfg.shape(len(devices))
+    if len(devices) == 1:
+        return None
+    return sh.make_mesh(mesh_cfg, devices)
+
+
+def param_shardings(mesh: Mesh | None, cfg: model.ModelConfig, rules=sh.TRAIN_RULES):
+    """NamedShardings like the params, or None without a mesh."""
+    return None if mesh is None else sh.param_shardings(cfg, mesh, rules)
+
+
+def init_params(mesh: Mesh | None, cfg: model.ModelConfig, key: jax.Array):
+    """`model.init_params`, each shard created on its own device (jit with out_shardings)."""
+    if mesh is None:
+        return model.init_params(cfg, key)
+    init = jax.jit(
+        functools.partial(model.init_params, cfg), out_shardings=param_shardings(mesh, cfg)
+    )
+    return init(key)
+
+
+def init_state(mesh: Mesh | None, cfg, opt_cfg: train.OptimizerConfig, params, seed: int):
+    """`train.init_train_state`; with a mesh the AdamW moments take their parameter's sharding
+    and everything else (step, RNG key, counters) is replicated."""
+    if mesh is None:
+        return train.init_train_state(cfg, opt_cfg, params, seed)
+
+    def init(params):
+        return train.init_train_state(cfg, opt_cfg, params, seed)
+
+    abstract = jax.eval_shape(init, params)
+    shardings = sh.shardings_like_params(
+        abstract, model.abstract_params(cfg), param_shardings(mesh, cfg)
+    )
+    return jax.jit(init, out_shardings=shardings)(params)
+
+
+def jit_update(
+    mesh: Mesh | None,
+    step_cfg: train.StepConfig,
+    cfg: model.ModelConfig,
+    state,
+    teacher_cfg: model.ModelConfig | None = None,
+    teacher_params=None,
+):
+    """(state, host batch) -> (state, metrics): the jitted, state-donating train step.
+
+    The frozen teacher's params are bound in when the objective reads them. With a mesh the step
+    is jitted with the state's, the teacher's and the rows' shardings (one compile per row count)
+    and the host batch is put on the mesh by rows.
+    """
+    takes_teacher = step_cfg.objective in train.TEACHER_OBJECTIVES
+    if mesh is None:
+        step = train.jit_train_step(step_cfg, cfg, teacher_cfg)
+        if not takes_teacher:
+            return step
+        return lambda state, batch: step(state, teacher_params, batch)
+
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    teacher_sharding = jax.tree.map(lambda x: x.sharding, teacher_params) if takes_teacher else None
+    steps = {}
+
+    def update(state, batch):
+        rows = len(batch["tokens"])
+        if rows not in steps:
+            steps[rows] = train.jit_train_step(
+                step_cfg,
+                cfg,
+                teacher_cfg,
+                state_sharding=state_sharding,
+                batch_sharding=sh.rows_sharding(mesh, rows),
+                teacher_sharding=teacher_sharding,
+            )
+        batch = sh.put_rows(batch, mesh)
+        if takes_teacher:
+            return steps[rows](state, teacher_params, batch)
+        return steps[rows](state, batch)
+
+    return update
+
+
+def put_rows(mesh: Mesh | None, host_tree):
+    """A host batch split by rows over the mesh (unchanged without one)."""
+    return host_tree if mesh is None else sh.put_rows(host_tree, mesh)
+
+
+def to_host(tree):
+    """NumPy arrays on every process (gathered across processes where needed)."""
+    return sh.to_host(tree)
+
+
+def sampling_params(mesh: Mesh | None, cfg: model.ModelConfig, params):
+    """Params re-laid out for decoding (`SAMPLE_RULES`: whole over fsdp); unchanged without mesh."""
+    if mesh is None:
+        return params
+    return jax.device_put(params, param_shardings(mesh, cfg, sh.SAMPLE_RULES))
