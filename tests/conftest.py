@@ -41,3 +41,25 @@ def shrink_config(config, *, steps=2, new_tokens=12, keep_stages=None):
     config.eval.update(max_problems=4, samples=2, max_new_tokens=new_tokens, batch_size=8)
     config.grader_workers = 1
     return config
+
+
+def fake_grader(reward_of_text):
+    """A stand-in for `rewards.Grader` (monkeypatch it in): reward_of_text(completion) -> 0 or 1,
+    no worker processes, so pipeline tests can choose what a GRPO batch is rewarded for."""
+    import numpy as np
+
+    class FakeGrader:
+        def __init__(self, workers, timeout_s):
+            del workers, timeout_s
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def grade(self, texts, references):
+            rewards_B = np.array([reward_of_text(t) for t in texts], np.float32)
+            return rewards_B, {"reward/mean": float(rewards_B.mean())}
+
+    return FakeGrader

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import shrink_config
+from conftest import fake_grader, shrink_config
 
 from configs import toy_arith
 from s2d_jax import checkpoints, metrics, model, pipeline
@@ -163,28 +163,12 @@ def test_nan_policy_raise_names_step_and_metric(tmp_path, monkeypatch):
     assert not (tmp_path / "direct_grpo" / "DONE").exists()
 
 
-class _WrongGrader:
-    """Every answer graded wrong, so a GRPO reward can only come from the format term."""
-
-    def __init__(self, workers, timeout_s):
-        del workers, timeout_s
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def grade(self, texts, references):
-        return np.zeros(len(texts), np.float32), {"reward/mean": 0.0}
-
-
 def test_format_reward_pays_extractable_wrong_answers(tmp_path, monkeypatch):
     """grpo.format_reward: reward = format_reward for a wrong answer that extract_answer finds
     (here: completions of even length), 0 without one; `grpo/correct` stays 0."""
     from s2d_jax import rewards, stages
 
-    monkeypatch.setattr(rewards, "Grader", _WrongGrader)
+    monkeypatch.setattr(rewards, "Grader", fake_grader(lambda text: 0.0))  # all wrong
     monkeypatch.setattr(
         stages.rewards, "extract_answer", lambda t: "7" if len(t) % 2 == 0 else None
     )

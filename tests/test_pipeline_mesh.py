@@ -20,7 +20,7 @@ here; a near-tie on another machine could, which would show as a token mismatch 
 import jax
 import numpy as np
 import pytest
-from conftest import shrink_config
+from conftest import fake_grader, shrink_config
 from jax.sharding import PartitionSpec as Spec
 
 from configs import toy_arith
@@ -47,21 +47,8 @@ def _config(mesh_shape, keep_stages):
     return config
 
 
-class _ParityGrader:
-    """Reward 1 for a completion of odd length: deterministic, and mixed within a group."""
-
-    def __init__(self, workers, timeout_s):
-        del workers, timeout_s
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def grade(self, texts, references):
-        rewards_B = np.array([len(t) % 2 for t in texts], np.float32)
-        return rewards_B, {"reward/mean": float(rewards_B.mean())}
+# Reward 1 for a completion of odd length: deterministic, and mixed within a group.
+_ParityGrader = fake_grader(lambda text: len(text) % 2)
 
 
 def _run(tmp_path_factory, name, mesh_shape, keep_stages):
