@@ -139,6 +139,8 @@ def parse_stage(name: str, stage) -> StageConfig:
         raise ValueError(
             f"{where}.loss = {parsed.loss!r}; a {parsed.kind} stage takes {DISTILL_LOSSES[parsed.kind]}"
         )
+    if parsed.save_every < 1:
+        raise ValueError(f"{where}.save_every = {parsed.save_every}; expected >= 1 (steps)")
     if parsed.batch_size % parsed.micro_batches:
         raise ValueError(f"{where}: batch_size {parsed.batch_size} % micro_batches != 0")
     return parsed

@@ -65,7 +65,8 @@ def run_loop(
         last = writer.write(step + 1, values)
         if nan_policy == "raise":  # "skip": the step already kept the old params and counted it
             metrics.check_finite(step + 1, last, ("train/loss", "train/grad_norm"))
-        checkpoints.save_state(manager, step + 1, state, {"step": step + 1})
+        if (step + 1) % save_every == 0:  # orbax's own interval check also saves the first step
+            checkpoints.save_state(manager, step + 1, state, {"step": step + 1}, force=True)
         bar.set_postfix(_postfix(last), refresh=False)
     if manager.latest_step() != total_steps:
         checkpoints.save_state(manager, total_steps, state, {"step": total_steps}, force=True)

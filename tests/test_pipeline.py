@@ -182,3 +182,14 @@ def test_format_reward_pays_extractable_wrong_answers(tmp_path, monkeypatch):
     for r in rows:
         assert r["grpo/correct"] == 0.0 and r["grpo/solved_any"] == 0.0
         assert r["grpo/reward"] == pytest.approx(0.25 * r["grpo/answered"])
+
+
+def test_checkpoints_follow_save_every(tmp_path):
+    """save_every 5 over a 2-step stage: only the end-of-stage checkpoint (orbax on its own would
+    also write step 1, the first step it sees)."""
+    config = _toy(keep_stages=("student_sft",))
+    config.stages.student_sft.save_every = 5
+    config.eval.splits = ""
+    pipeline.run(config, tmp_path)
+    steps = sorted(int(p.name) for p in (tmp_path / "student_sft" / "checkpoints").iterdir())
+    assert steps == [2]
