@@ -92,8 +92,9 @@ def forward_cached(
     new cache). The layers are unrolled (compile time grows with L) so each updates its own
     buffer in place.
 
-    A decode step reads the whole cache, unfilled slots included: on an H100 (Qwen3-1.7B, batch
-    64, 768 slots) choosing a filled prefix per step with `lax.switch` cost more than it saved
+    A decode step reads the whole cache, unfilled slots included: in a one-off A/B on an H100
+    (Qwen3-1.7B, batch 64, 768 slots; the script was not kept, so treat the figures as a lead),
+    choosing a filled prefix per step with `lax.switch` cost more than it saved
     (4.97 ms a step instead of 4.38: the prefix slices are copied before the dots, and
     multiply-and-reduce attention, which reads a slice in place, is slower than the dots) and
     compiled ~10x slower (100 s instead of 9).

@@ -33,25 +33,24 @@ def _abstract(tree, shardings=None):
     )
 
 
-def state_manager(stage_dir: Path, save_every: int, keep: int = 2) -> ocp.CheckpointManager:
-    """A CheckpointManager for one stage's full train state (synchronous, so a kill loses nothing)."""
+def state_manager(stage_dir: Path, keep: int = 2) -> ocp.CheckpointManager:
+    """A CheckpointManager for one stage's full train state (synchronous, so a kill loses nothing).
+
+    It keeps no save interval: the caller decides when to save (orbax's interval check would
+    also write the first step it sees, a full-state write no schedule asked for)."""
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=save_every,
-        max_to_keep=keep,
-        enable_async_checkpointing=False,
-        create=True,
+        max_to_keep=keep, enable_async_checkpointing=False, create=True
     )
     return ocp.CheckpointManager(
         Path(stage_dir).absolute() / "checkpoints", options=options, item_names=("state", "meta")
     )
 
 
-def save_state(manager: ocp.CheckpointManager, step: int, state, meta: dict, force=False) -> bool:
-    """Save state + meta at `step` when the interval says so (or `force`). True if saved."""
+def save_state(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
+    """Save state + meta at `step` and wait until it is on disk."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    saved = manager.save(step, args=args, force=force)
+    manager.save(step, args=args, force=True)  # force: past orbax's own should-save policy
     manager.wait_until_finished()
-    return saved
 
 
 def restore_latest(manager: ocp.CheckpointManager, target_state) -> tuple[Any, dict] | None:

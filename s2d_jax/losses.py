@@ -12,6 +12,8 @@ Formulas: ../shared/PAPER.md §2 and §9.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -235,34 +237,27 @@ def kl_loss_from_stats(stats: dict[str, jax.Array], mask: jax.Array, direction: 
     return loss, kl_metrics(stats, mask) | {"kl/loss": loss}
 
 
-def forward_kl_loss(
+def kl_loss(
+    direction: str,
     student_logits: jax.Array,
     teacher_logits: jax.Array,
     mask: jax.Array,
     targets: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Token-mean over mask [B, T] of KL(teacher || student), logits [B, T, V], teacher frozen.
+    """Token-mean over mask [B, T] of a KL between logits [B, T, V]; the teacher is frozen.
 
-    The gradient w.r.t. the student logits is (softmax(s) - softmax(t)) * mask / count. Pass the
-    sampled targets [B, T] to get the log-ratio diagnostics as well.
+    direction "forward": KL(teacher || student); its gradient w.r.t. the student logits is
+    (softmax(s) - softmax(t)) * mask / count. "reverse": the analytic KL(student || teacher),
+    OPD option A: the exact per-state gradient (through pS and log pS) on student rollouts, the
+    sampling of the states not differentiated. Pass the sampled targets [B, T] to get the
+    log-ratio diagnostics as well.
     """
-    stats = kl_token_stats(student_logits, teacher_logits, targets, grad="forward")
-    return kl_loss_from_stats(stats, mask, "forward")
+    stats = kl_token_stats(student_logits, teacher_logits, targets, grad=direction)
+    return kl_loss_from_stats(stats, mask, direction)
 
 
-def reverse_kl_loss(
-    student_logits: jax.Array,
-    teacher_logits: jax.Array,
-    mask: jax.Array,
-    targets: jax.Array | None = None,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Token-mean over mask [B, T] of the analytic KL(student || teacher), logits [B, T, V].
-
-    OPD option A: the exact per-state gradient (through pS and log pS) on student rollouts; the
-    teacher is frozen and the sampling of the states is not differentiated.
-    """
-    stats = kl_token_stats(student_logits, teacher_logits, targets, grad="reverse")
-    return kl_loss_from_stats(stats, mask, "reverse")
+forward_kl_loss = functools.partial(kl_loss, "forward")
+reverse_kl_loss = functools.partial(kl_loss, "reverse")
 
 
 def sampled_reverse_kl_loss(

@@ -385,7 +385,7 @@ def generate(
     or a tuple of them, e.g. ("data", "fsdp")), padded with idle rows to a multiple of the
     product of their sizes. `unstack` copies the layer weights into per-layer buffers for the call
     (`unstack_layers`, a few ms): XLA would otherwise copy slices of the stacked weights at every
-    step (on an H100, Qwen3-1.7B at batch 64 took 7.2 ms a step stacked, 5.0 unstacked), at the
+    step (a one-off H100 A/B, script not kept: 7.2 ms a step stacked, 5.0 unstacked), at the
     cost of that memory; turn it off when it won't fit.
     """
     settings = make_settings(

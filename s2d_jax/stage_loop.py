@@ -37,7 +37,7 @@ def run_loop(
     last one and reproduces the uninterrupted run, since batches depend only on (seed, step).
     `nan_policy`: "skip" (the train step already left params untouched; count and go on) or "raise".
     """
-    manager = checkpoints.state_manager(stage_dir, save_every)
+    manager = checkpoints.state_manager(stage_dir)
     restored = checkpoints.restore_latest(manager, state)
     if restored is not None:
         state, _ = restored
@@ -65,11 +65,11 @@ def run_loop(
         last = writer.write(step + 1, values)
         if nan_policy == "raise":  # "skip": the step already kept the old params and counted it
             metrics.check_finite(step + 1, last, ("train/loss", "train/grad_norm"))
-        if (step + 1) % save_every == 0:  # orbax's own interval check also saves the first step
-            checkpoints.save_state(manager, step + 1, state, {"step": step + 1}, force=True)
+        if (step + 1) % save_every == 0:
+            checkpoints.save_state(manager, step + 1, state, {"step": step + 1})
         bar.set_postfix(_postfix(last), refresh=False)
     if manager.latest_step() != total_steps:
-        checkpoints.save_state(manager, total_steps, state, {"step": total_steps}, force=True)
+        checkpoints.save_state(manager, total_steps, state, {"step": total_steps})
     manager.close()
     writer.close()
     return state, last

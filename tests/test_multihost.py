@@ -130,8 +130,8 @@ def test_checkpoint_restores_onto_another_mesh_shape(tmp_path):
     _, saved_shardings = state_shardings((1, 8, 1))
     saved = jax.device_put(host_state, saved_shardings)
     assert saved.params["layers"]["wq"].sharding.spec[1] == "fsdp"
-    manager = checkpoints.state_manager(tmp_path / "stage", save_every=1)
-    checkpoints.save_state(manager, 7, saved, {"step": 7}, force=True)
+    manager = checkpoints.state_manager(tmp_path / "stage")
+    checkpoints.save_state(manager, 7, saved, {"step": 7})
 
     abstract, target_shardings = state_shardings((2, 2, 2))
     target = jax.tree.map(

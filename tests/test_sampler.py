@@ -15,19 +15,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from test_hf_io import make_hf_model  # noqa: E402
+
 from s2d_jax import hf_io, model, sampler, token_selection  # noqa: E402
 from s2d_jax import sharding as sh  # noqa: E402
 
-SMALL = dict(
-    vocab_size=97,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=256,
-)
 FAMILIES = {
     "qwen3": dict(rope_theta=10_000.0, tie_word_embeddings=True),
     "llama": dict(
@@ -55,21 +47,7 @@ def _random_prompts(lengths, vocab, seed):
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family_model(request, tmp_path_factory):
     """(hf torch model, cfg, params) with the same weights."""
-    torch.manual_seed(0)
-    kwargs = {**SMALL, **FAMILIES[request.param]}
-    if request.param == "qwen3":
-        hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**kwargs))
-    else:
-        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kwargs))
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn_like(p))
-            else:
-                p.copy_(0.15 * torch.randn_like(p))
-    hf.eval()
+    hf = make_hf_model(request.param, **FAMILIES[request.param])
     path = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(path)
     cfg, params = hf_io.load_hf(path)

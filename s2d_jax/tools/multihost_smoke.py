@@ -159,8 +159,8 @@ def run(workdir: Path, mesh: jax.sharding.Mesh, steps: int = 3, quick: bool = Fa
         state, loss = step_fn(state, sh.global_batch(local, mesh))
         losses.append(float(loss))  # a replicated scalar: readable on every process
 
-    manager = checkpoints.state_manager(Path(workdir) / "stage", save_every=1)
-    checkpoints.save_state(manager, steps, state, {"step": steps}, force=True)
+    manager = checkpoints.state_manager(Path(workdir) / "stage")
+    checkpoints.save_state(manager, steps, state, {"step": steps})
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings
     )
