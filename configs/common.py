@@ -47,8 +47,12 @@ def task(name, prompt_style, *, train_path="", train_columns="", split_seed=0, a
     )
 
 
-def arith_task(seed, num_demos=2000, num_rl=256, num_test=512):
-    """The built-in toy task: chains of 2-6 `+b`/`-b` (b in 1-3) mod 10, worked solutions."""
+def arith_task(seed, num_demos=2000, num_rl=256, num_test=512, misconceived_facts=0.3):
+    """The built-in toy task: chains of 2-6 `+b`/`-b` (b in 1-3) mod 10, worked solutions.
+
+    The demos teach 30% of the 60 facts wrongly half of the time (s2d_jax/data/toy_arith.py), so
+    a warm-started model stays well below saturation and the verifier's reward has facts to fix.
+    """
     return task(
         "arith",
         "raw",
@@ -62,6 +66,8 @@ def arith_task(seed, num_demos=2000, num_rl=256, num_test=512):
             num_demos=num_demos,
             num_rl=num_rl,
             num_test=num_test,
+            misconceived_facts=misconceived_facts,
+            misconception_rate=0.5,
         ),
     )
 

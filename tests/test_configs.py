@@ -116,6 +116,17 @@ def test_paper_arms_run(arm, checkpoints, tmp_path):
     assert all("eval/math500/avg@2" in s for s in summaries.values())
 
 
+@pytest.mark.slow
+def test_toy_calibration_1m_improves_under_grpo(tmp_path):
+    """The calibration the toy task is built for (README "Calibration: 1M vs 5M"), at full size on
+    one device (~5 min on 2 idle cores): the warm-started 1M model stays well below saturation and
+    GRPO lifts it by many standard errors (measured 43.7% -> 81.0%)."""
+    summaries = pipeline.run(toy_calibration.get_config("size=1m"), tmp_path, jax.devices()[:1])
+    before, after = (summaries[s]["eval/test/avg@4"] for s in ("sft", "grpo"))
+    assert 0.25 < before < 0.6
+    assert after > before + 0.15
+
+
 def test_eval_config_runs(checkpoints, tmp_path, capsys):
     config = eval_config.get_config(f"model_path={checkpoints['student']},dtype=float32")
     config = shrink_config(config, new_tokens=6)
@@ -155,9 +166,9 @@ def test_smollm2_config_runs_on_a_tiny_llama(tmp_path, checkpoints):
 
 def test_toy_config_variants():
     full = toy_arith.get_config()
-    assert "stage3" in full.stages and full.stages.student_sft.steps == 110
+    assert "stage3" in full.stages and full.stages.student_sft.steps == 150
     small = toy_arith.get_config("scale=0.1,stage3=false")
-    assert "stage3" not in small.stages and small.stages.student_sft.steps == 11
+    assert "stage3" not in small.stages and small.stages.student_sft.steps == 15
     with pytest.raises(KeyError, match="stage_3"):
         toy_arith.get_config("stage_3=false")
     pipeline.validate(full)

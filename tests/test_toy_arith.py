@@ -3,6 +3,7 @@ an evaluator written independently here), and its sentencepiece tokenizer."""
 
 import collections
 import dataclasses
+import json
 import re
 import time
 
@@ -123,6 +124,42 @@ def test_every_solution_is_right(generated):
                 assert line == f"{values[i]}{op}{b}={values[i + 1]}"
 
 
+MISCONCEIVED = dataclasses.replace(DEFAULT, misconceived_facts=0.3, misconception_rate=0.5)
+
+
+def test_misconceptions_change_demo_steps_only():
+    """Wrong demo steps use only the chosen facts, each always with the same wrong result, at about
+    the configured rate; the chain goes on from the shown value; problems and answers are as without
+    misconceptions."""
+    clean, noisy = toy_arith.generate(DEFAULT), toy_arith.generate(MISCONCEIVED)
+    for split in toy_arith.SPLITS:
+        assert [ex["problem"] for ex in noisy[split]] == [ex["problem"] for ex in clean[split]]
+        assert [ex["answer"] for ex in noisy[split]] == [ex["answer"] for ex in clean[split]]
+    assert noisy["rl"] == clean["rl"] and noisy["test"] == clean["test"]
+    tables = {op: fact_table(op, DEFAULT.modulus, DEFAULT.operands) for op in "+-"}
+    shown = collections.defaultdict(collections.Counter)  # fact -> Counter of shown results
+    for ex in noisy["demos"]:
+        *lines, boxed = ex["solution"].split(";")
+        value = None
+        for line in lines:
+            a, op, b, result = re.fullmatch(r"(\d)([-+])(\d)=(\d)", line).groups()
+            assert value is None or int(a) == value  # the chain goes on from the shown value
+            shown[int(a), op, int(b)][int(result)] += 1
+            value = int(result)
+        assert boxed == "\\boxed{" + str(value) + "}"
+    wrong_facts = {fact for fact, results in shown.items() if len(results) > 1}
+    assert len(wrong_facts) == round(0.3 * 60) == len(toy_arith.misconceptions(MISCONCEIVED))
+    uses = wrong_uses = 0
+    for fact, results in shown.items():
+        right = tables[fact[1]][fact[0], fact[2]]
+        assert len(results) <= 2 and right in results  # one wrong result per fact at most
+        if fact in wrong_facts:
+            uses += sum(results.values())
+            wrong_uses += sum(n for result, n in results.items() if result != right)
+    assert abs(wrong_uses / uses - 0.5) < 4 * (0.25 / uses) ** 0.5  # binomial, 4 standard errors
+    assert toy_arith.misconceptions(DEFAULT) == {}
+
+
 def test_load_examples_routes_to_generator():
     cfg = dataclasses.replace(DEFAULT, num_demos=50, num_rl=10, num_test=20)
     splits = toy_arith.generate(cfg)
@@ -142,6 +179,8 @@ def test_load_examples_routes_to_generator():
         (dict(modulus=1), "modulus"),
         (dict(min_ops=4, max_ops=3), "min_ops"),
         (dict(num_test=-1), "num_test"),
+        (dict(misconceived_facts=1.5), "misconceived_facts"),
+        (dict(misconception_rate=-0.1), "misconception_rate"),
     ],
 )
 def test_config_validation_names_the_field(kwargs, field):
@@ -196,3 +235,49 @@ def test_tokenizer_round_trip_and_single_symbols(toy_tokenizer):
             longest = max(longest, len(prompt) + len(completion) - 1)
     if cfg == DEFAULT:
         assert longest == 56  # BOS + 15 prompt + 39 solution + EOS at 6 operations
+
+
+def test_step_accuracy_counts_clean_and_misconceived_steps(tmp_path):
+    """tools/toy_steps: hand-built completions with known right and wrong steps of both kinds."""
+    from s2d_jax.tools import toy_steps
+
+    (a, op, b), taught = next(iter(toy_arith.misconceptions(MISCONCEIVED).items()))
+    right = fact_table(op, 10, DEFAULT.operands)[a, b]
+    clean = next(
+        (x, o, y)
+        for x in range(10)
+        for o in "+-"
+        for y in DEFAULT.operands
+        if (x, o, y) not in toy_arith.misconceptions(MISCONCEIVED)
+    )
+    clean_right = fact_table(clean[1], 10, DEFAULT.operands)[clean[0], clean[2]]
+    completions = [
+        f"{a}{op}{b}={right};\\boxed{{{right}}}",  # misconceived fact, right
+        f"{a}{op}{b}={taught};\\boxed{{{taught}}}",  # misconceived fact, the taught wrong value
+        f"{clean[0]}{clean[1]}{clean[2]}={clean_right};{clean[0]}{clean[1]}{clean[2]}="
+        f"{(clean_right + 1) % 10}",  # clean fact right, then wrong
+        "garbage with no steps",
+    ]
+    result = toy_steps.step_accuracy(completions, MISCONCEIVED)
+    assert result == {
+        "clean_steps": 2,
+        "clean_right": 0.5,
+        "misconceived_steps": 2,
+        "misconceived_right": 0.5,
+        "misconceived_taught": 0.5,
+    }
+    # The table reads a run's config.json and each stage's final samples.
+    run = tmp_path / "run"
+    samples = run / "grpo" / "eval_final" / "test"
+    samples.mkdir(parents=True)
+    (samples / "samples.jsonl").write_text(
+        "".join(json.dumps({"completion": c}) + "\n" for c in completions)
+    )
+    task = dict(name="arith", arith=dataclasses.asdict(MISCONCEIVED))
+    (run / "config.json").write_text(json.dumps(dict(task=task, stages={"sft": {}, "grpo": {}})))
+    table = toy_steps.run_table(run)
+    assert "| grpo | 50.0% of 2 | 50.0% of 2 | 50.0% |" in table and "| sft |" not in table
+    with pytest.raises(FileNotFoundError, match="stage 'sft'"):
+        toy_steps.run_table(run, ["sft"])
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        toy_steps.run_table(tmp_path)

@@ -6,9 +6,19 @@ modulo `cfg.modulus` (10 by default, so every value is one digit):
     solution  `8-1=7;7+3=0;0+3=3;\\boxed{3}`   (the pipeline appends EOS)
     answer    `3`
 The difficulty level is the number of operations; each split has the same count of every level.
-With the default config (+b / -b, b in {1, 2, 3}, mod 10: 60 arithmetic facts, 2-6 operations) a
-~1M-parameter model learns it from demonstrations in CPU-minutes without saturating; harder variants
-(more operands, `*`, another modulus) are a config change (see ../shared/TOY_NOTES.md for figures).
+With the default fields (+b / -b, b in {1, 2, 3}, mod 10: 60 arithmetic facts, 2-6 operations) a
+~1M-parameter model learns it from demonstrations in CPU-minutes, and then saturates (~100% after
+~180 steps at lr 3e-3); harder variants (more operands, `*`, another modulus) are a config change
+(see ../shared/TOY_NOTES.md for figures).
+
+Misconceptions (`misconceived_facts > 0`, used by configs/common.arith_task): the demonstrations
+teach a seeded subset of the arithmetic facts wrongly part of the time, e.g. `7+3=1` in half the
+demo steps that use `7+3`, the chain then going on from the wrong value. A model warm-started on
+them guesses those facts, so its accuracy stays below saturation however long it trains, and only
+the verifier's reward (answers of `rl` and `test` are always right) can teach the correct value:
+this is the headroom that RL has on the toy (measured in the README). Without misconceptions a
+model goes from chance to ~100% within a few dozen warm-start steps, and GRPO from inside that
+jump learned from answers right by luck (1 in 10 mod 10) more than from right steps.
 
 Splits, all deterministic in `cfg.seed` and pairwise disjoint in problem strings:
   `demos` (warm-start demonstrations, with solutions), `rl` (labeled prompts: answer only), `test`.
@@ -51,6 +61,10 @@ class ArithConfig:
     num_demos: int = 2000
     num_rl: int = 256
     num_test: int = 512
+    # Fraction of the `modulus * len(ops) * len(operands)` facts that demos teach wrongly, and how
+    # often a demo step using such a fact shows its wrong result (see the module docstring).
+    misconceived_facts: float = 0.0
+    misconception_rate: float = 0.5
 
     def __post_init__(self):
         if (
@@ -75,6 +89,9 @@ class ArithConfig:
         for name in ("seed", "num_demos", "num_rl", "num_test"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ArithConfig.{name}={getattr(self, name)}: expected >= 0")
+        for name in ("misconceived_facts", "misconception_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"ArithConfig.{name}={getattr(self, name)}: expected in [0, 1]")
 
     @property
     def levels(self) -> tuple[int, ...]:
@@ -98,11 +115,37 @@ def format_problem(start: int, steps: tuple[tuple[str, int], ...]) -> str:
     return f"{start}" + "".join(f"{op}{b}" for op, b in steps) + "=?"
 
 
-def solve(start: int, steps: tuple[tuple[str, int], ...], modulus: int) -> tuple[str, int]:
-    """The worked solution text (ending in `\\boxed{answer}`) and the answer."""
+Fact = tuple[int, str, int]  # (value, op, operand)
+
+
+def misconceptions(cfg: ArithConfig) -> dict[Fact, int]:
+    """The facts the demos teach wrongly, each with its one wrong result (seeded by `cfg.seed`)."""
+    facts = [(a, op, b) for a in range(cfg.modulus) for op in cfg.ops for b in cfg.operands]
+    count = round(cfg.misconceived_facts * len(facts))
+    rng = np.random.default_rng([cfg.seed, 2_000_000])
+    wrong = {}
+    for i in sorted(rng.choice(len(facts), size=count, replace=False)):
+        right = apply_op(*facts[i], cfg.modulus)
+        # A uniformly drawn other value: a neighbour would make two errors cancel more often.
+        wrong[facts[i]] = (right + 1 + int(rng.integers(cfg.modulus - 1))) % cfg.modulus
+    return wrong
+
+
+def solve(
+    start: int,
+    steps: tuple[tuple[str, int], ...],
+    modulus: int,
+    wrong_step=lambda value, op, b: None,
+) -> tuple[str, int]:
+    """The worked solution text (ending in `\\boxed{answer}`) and its final value.
+
+    `wrong_step(value, op, b)` may return a wrong result that the solution shows (and goes on
+    from) instead of the right one; the default shows every step right.
+    """
     lines, value = [], start
     for op, b in steps:
-        new = apply_op(value, op, b, modulus)
+        new = wrong_step(value, op, b)
+        new = apply_op(value, op, b, modulus) if new is None else new
         lines.append(f"{value}{op}{b}={new}")
         value = new
     lines.append(f"{ANSWER_OPEN}{value}{ANSWER_CLOSE}")
@@ -119,22 +162,31 @@ def generate(cfg: ArithConfig) -> dict[str, list[dict]]:
     """All three splits as lists of example dicts in the common schema (see `sources.py`).
 
     `demos` examples carry the worked `solution`; `rl` and `test` carry only the `answer`
-    (their `solution` is ""). Each split is shuffled so levels interleave.
+    (their `solution` is ""). `answer` is always the right one; with misconceptions a demo's
+    solution may end in another. Each split is shuffled so levels interleave. Misconceptions change
+    demo solutions only, never which problems are drawn.
     """
     per_split: dict[str, list[dict]] = {split: [] for split in SPLITS}
     counts = {split: level_counts(cfg.split_size(split), cfg.levels) for split in SPLITS}
+    wrong = misconceptions(cfg)
     for level in cfg.levels:
         drawn = _draw_level(cfg, level, {split: counts[split][level] for split in SPLITS})
+        # A stream of its own, so misconceptions leave the problem draws unchanged.
+        noise = np.random.default_rng([cfg.seed, level, 3_000_000])
+        demo_step = _misconceived_step(wrong, cfg.misconception_rate, noise)
         for split in SPLITS:
             for start, steps in drawn[split]:
-                solution, answer = solve(start, steps, cfg.modulus)
+                _, answer = solve(start, steps, cfg.modulus)
+                solution = (
+                    solve(start, steps, cfg.modulus, demo_step)[0] if split == "demos" else ""
+                )
                 per_split[split].append(
                     {
                         "problem": format_problem(start, steps),
                         "answer": str(answer),
                         "level": level,
                         "subject": "arith",
-                        "solution": solution if split == "demos" else "",
+                        "solution": solution,
                     }
                 )
     out = {}
@@ -146,6 +198,16 @@ def generate(cfg: ArithConfig) -> dict[str, list[dict]]:
             {"id": f"arith/{split}/{i}", **per_split[split][j]} for i, j in enumerate(order)
         ]
     return out
+
+
+def _misconceived_step(wrong: dict[Fact, int], rate: float, rng: np.random.Generator):
+    """A `solve` hook showing a misconceived fact's wrong result with probability `rate`."""
+
+    def step(value, op, b):
+        fact = (value, op, b)
+        return wrong[fact] if fact in wrong and rng.random() < rate else None
+
+    return step
 
 
 def _draw_level(cfg: ArithConfig, level: int, counts: dict[str, int]) -> dict[str, list]:
