@@ -28,22 +28,15 @@ def example_indices(pool_size: int, batch: int, seed: int, step: int) -> np.ndar
     return np.concatenate(out)
 
 
-def length_bucket(n: int) -> int:
-    """Padded length for n tokens: multiples of 16 up to 128, then powers of two.
-
-    A jitted step compiles once per batch shape; buckets keep that to a handful per stage.
-    """
-    return 16 * -(-n // 16) if n <= 128 else 1 << (n - 1).bit_length()
-
-
 def pad_sequences(prompts: list[list[int]], targets: list[list[int]], pad_id: int) -> dict:
     """Left-padded prompts + right-padded targets -> a batch with loss on target tokens.
 
     Returns tokens [B, P+N], attention_mask [B, P+N], loss_mask [B, P+N-1] float32, where P and
-    N are the longest prompt and target rounded up to a `length_bucket`.
+    N are the longest prompt and target rounded up to a `sampler.bucket` (a jitted step compiles
+    once per batch shape; buckets keep that to a handful per stage).
     """
-    P = length_bucket(max(len(p) for p in prompts))
-    N = length_bucket(max(len(t) for t in targets))
+    P = sampler.bucket(max(len(p) for p in prompts))
+    N = sampler.bucket(max(len(t) for t in targets))
     B = len(prompts)
     tokens = np.full((B, P + N), pad_id, np.int32)
     mask = np.zeros((B, P + N), bool)

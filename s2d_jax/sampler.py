@@ -4,7 +4,7 @@
                    eos_id=(151645, 151643), pad_id=151643, num_samples=8)
     out.tokens [B, P+N], out.completion_mask [B, N], out.logprobs [B, N]  (B = prompts * samples)
 
-Prompts are left-padded to a length bucket P (a power of two, at least 16) and the cache holds
+Prompts are left-padded to a length `bucket` P (16, 24, 32, 48, 64, ...) and the cache holds
 P + N_bucket slots, so one stage compiles the prefill and the decode loop once per bucket, not
 once per batch. The prefill runs the first P - 1 prompt slots (its logits are never materialised);
 the decode loop then feeds one token per step, starting with the last prompt token, so every
@@ -96,8 +96,15 @@ class SamplerState:
 
 
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
-    """The smallest power of two >= max(n, minimum)."""
-    return max(minimum, 1 << (max(n, 1) - 1).bit_length())
+    """The padded length for `n` tokens: the smallest power of two or 1.5 x power of two that is
+    >= max(n, minimum) (16, 24, 32, 48, 64, 96, 128, 192, ...).
+
+    Jitted functions compile once per shape, so lengths are rounded up to a few buckets: two per
+    octave keep padding under a third of a row (powers of two alone waste up to half).
+    """
+    power = max(minimum, 1 << (max(n, 1) - 1).bit_length())
+    three_quarters = power * 3 // 4
+    return three_quarters if three_quarters >= max(n, minimum) else power
 
 
 def cache_bytes(cfg: model.ModelConfig, batch: int, length: int) -> int:

@@ -347,13 +347,13 @@ def test_prefill_and_decode_loop_traced_once_per_bucket(family_model, monkeypatc
     loop = sampler._jit_decode_loop(chex.assert_max_traces(counted_loop, n=1))
     monkeypatch.setattr(sampler, "_decode_loop_jit", loop)
     kw = dict(SAMPLED, eos_id=())  # no EOS: every row runs to max_new_tokens
-    # Prompt lengths 1..16 share bucket 16; 20 and 32 new tokens share bucket 32.
-    a = sampler.generate(cfg, params, _random_prompts([3, 5], 97, 1), **dict(kw, max_new_tokens=20))
+    # Prompt lengths 1..16 share bucket 16; 25 and 32 new tokens share bucket 32.
+    a = sampler.generate(cfg, params, _random_prompts([3, 5], 97, 1), **dict(kw, max_new_tokens=25))
     b = sampler.generate(cfg, params, _random_prompts([9, 16], 97, 2), **kw)
     assert traced == ["prefill", (2, 16)]
-    assert a.tokens.shape == (2, 16 + 20) and b.tokens.shape == (2, 16 + 32)
-    assert (np.asarray(a.lengths) == 20).all() and np.asarray(a.truncated).all()
-    with pytest.raises(AssertionError, match="traced"):  # prompt bucket 32 must trace again
+    assert a.tokens.shape == (2, 16 + 25) and b.tokens.shape == (2, 16 + 32)
+    assert (np.asarray(a.lengths) == 25).all() and np.asarray(a.truncated).all()
+    with pytest.raises(AssertionError, match="traced"):  # prompt bucket 24 must trace again
         sampler.generate(cfg, params, _random_prompts([17, 1], 97, 3), **kw)
 
 
@@ -362,7 +362,9 @@ def test_cache_bytes_and_buckets():
     cache = sampler.init_cache(cfg, 3, 48)
     assert {x.dtype for x in jax.tree.leaves(cache)} == {jnp.dtype(jnp.bfloat16)}
     assert sampler.cache_bytes(cfg, 3, 48) == sum(x.nbytes for x in jax.tree.leaves(cache))
-    assert [sampler.bucket(n) for n in (1, 16, 17, 100, 128, 129)] == [16, 16, 32, 128, 128, 256]
+    sizes = (1, 16, 17, 24, 25, 33, 100, 128, 129, 193)
+    assert [sampler.bucket(n) for n in sizes] == [16, 16, 24, 24, 32, 48, 128, 128, 192, 256]
+    assert sampler.bucket(5, minimum=8) == 8 and sampler.bucket(9, minimum=8) == 12
 
 
 @pytest.mark.parametrize(
