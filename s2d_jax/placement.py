@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import jax
 from jax.sharding import Mesh
 
-from s2d_jax import model, train
+from s2d_jax import cached_forward, model, train
 from s2d_jax import sharding as sh
 from s2d_jax.experiment import to_dataclass
 
@@ -135,7 +135,16 @@ def to_host(tree):
 
 
 def sampling_params(mesh: Mesh | None, cfg: model.ModelConfig, params):
-    """Params re-laid out for decoding (`SAMPLE_RULES`: whole over fsdp); unchanged without mesh."""
+    """Per-layer params laid out for decoding (`SAMPLE_RULES`: whole over fsdp), the form
+    `sampler.generate` decodes with (`cached_forward.unstack_layers`). Re-laying out and unstacking
+    in one program leaves one sampling copy of the weights on each device, not a stacked one plus
+    the per-layer one. Without a mesh the params are returned as they are (`generate` unstacks)."""
     if mesh is None:
         return params
-    return jax.device_put(params, param_shardings(mesh, cfg, sh.SAMPLE_RULES))
+    return _unstack_to_sampling_layout(mesh, cfg)(params)
+
+
+@functools.cache
+def _unstack_to_sampling_layout(mesh: Mesh, cfg: model.ModelConfig):
+    shardings = sh.per_layer_shardings(param_shardings(mesh, cfg, sh.SAMPLE_RULES), cfg.n_layers)
+    return jax.jit(cached_forward.unstack_layers, out_shardings=shardings)

@@ -168,6 +168,16 @@ def param_shardings(cfg: model.ModelConfig, mesh: Mesh, rules: Rules) -> dict[st
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec)
 
 
+def per_layer_shardings(shardings: dict[str, Any], n_layers: int) -> dict[str, Any]:
+    """`param_shardings` for the params of `cached_forward.unstack_layers`: `layers` becomes a
+    tuple of `n_layers` trees, each slice keeping its stacked weight's sharding without the
+    (never sharded) leading layer axis."""
+    one_layer = jax.tree.map(
+        lambda s: NamedSharding(s.mesh, Spec(*s.spec[1:])), shardings["layers"]
+    )
+    return {**shardings, "layers": (one_layer,) * n_layers}
+
+
 def cache_shardings(
     cfg: model.ModelConfig, mesh: Mesh, rules: Rules, batch: int, max_len: int
 ) -> tuple[dict[str, Any], ...]:

@@ -21,7 +21,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as Spec
 
-from s2d_jax import hf_io, model, sampler, train
+from s2d_jax import hf_io, model, placement, sampler, train
 from s2d_jax import sharding as sh
 
 GOLDEN = Path(__file__).parent / "golden" / "toy_partition_specs.json"
@@ -308,10 +308,20 @@ def one_device_greedy(toy):
 
 @pytest.mark.parametrize("shape", MESH_PARAMS)
 def test_sharded_greedy_sampling_equals_one_device(toy, one_device_greedy, shape):
+    """From training-laid-out params through `placement.sampling_params`, as the pipeline samples:
+    per-layer weights on SAMPLE_RULES shardings, equal to the stacked slices."""
     cfg, params = toy
     mesh = sh.make_mesh(sh.MeshConfig(*shape))
-    placed = sh.shard_params(params, sh.param_shardings(cfg, mesh, sh.SAMPLE_RULES))
-    out = _greedy(cfg, placed, mesh)
+    placed = sh.shard_params(params, sh.param_shardings(cfg, mesh, sh.TRAIN_RULES))
+    sampling = placement.sampling_params(mesh, cfg, placed)
+    stacked_specs = sh.param_specs(cfg, mesh, sh.SAMPLE_RULES)["layers"]
+    assert isinstance(sampling["layers"], tuple) and len(sampling["layers"]) == cfg.n_layers
+    for i, layer in enumerate(sampling["layers"]):
+        for name, w in layer.items():
+            assert w.sharding.spec == Spec(*stacked_specs[name][1:]), name
+            np.testing.assert_array_equal(jax.device_get(w), params["layers"][name][i])
+    assert sampling["embed"].sharding.spec == sh.param_specs(cfg, mesh, sh.SAMPLE_RULES)["embed"]
+    out = _greedy(cfg, sampling, mesh)
     np.testing.assert_array_equal(jax.device_get(out.tokens), one_device_greedy.tokens)
     np.testing.assert_allclose(
         jax.device_get(out.logprobs), one_device_greedy.logprobs, atol=1e-5, rtol=1e-5

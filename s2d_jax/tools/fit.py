@@ -7,15 +7,15 @@ Nothing is allocated: the model, the train state (params + AdamW moments) and th
 abstract (`jax.ShapeDtypeStruct` with their shardings), and each function is lowered and
 compiled (`jax.jit(...).lower(...).compile()`) for `--devices` fake CPU devices arranged as
 `--mesh data,fsdp,tensor`; `compiled.memory_analysis()` then gives the bytes of one device:
-arguments, outputs, the part of them aliased (donated state, cache), temporaries, buffers held
-alive beside the program (`held`), and total = arguments + outputs - aliased + temporaries + held.
+arguments, outputs, the part of them aliased (donated state, cache), temporaries, and
+total = arguments + outputs - aliased + temporaries.
 
 Three programs are compiled: the train step (`train.jit_train_step`, TRAIN_RULES, state
 donated; `--objective` picks the loss, the distillation ones also take `--teacher_preset`'s frozen
 params), the sampler's prefill (`cached_forward.forward_cached` over the prompt, cache donated)
 and one sampler decode step (the same with T = 1, plus the logits), both under SAMPLE_RULES on
-per-layer weights as `sampler.generate` runs them; the stacked layer weights they were copied from
-are `held`.
+per-layer weights as the pipeline samples. A stage that trains while it samples (GRPO, on-policy
+KL) also holds its train state: add the train step's arguments.
 
 These are estimates for TPU/GPU: the CPU compiler makes its own fusion, layout and scheduling
 choices, so treat temporaries as approximate (about +-30%); arguments and outputs (params,
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -56,22 +55,20 @@ def _use_fake_cpu_devices(n: int) -> None:
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 
-def memory_of(compiled, held: int = 0) -> dict[str, int]:
-    """Bytes of one device from a compiled executable's memory analysis, plus `held` bytes that
-    other buffers keep alive while it runs."""
+def memory_of(compiled) -> dict[str, int]:
+    """Bytes of one device from a compiled executable's memory analysis."""
     m = compiled.memory_analysis()
     out = {
         "arguments": m.argument_size_in_bytes,
         "outputs": m.output_size_in_bytes,
         "aliased": m.alias_size_in_bytes,
         "temps": m.temp_size_in_bytes,
-        "held": held,
     }
     return out | {"total": _total(out)}
 
 
 def _total(m: dict) -> int:
-    return m["arguments"] + m["outputs"] - m["aliased"] + m["temps"] + m["held"]
+    return m["arguments"] + m["outputs"] - m["aliased"] + m["temps"]
 
 
 def _abstract(tree, shardings):
@@ -126,10 +123,9 @@ def train_step_memory(model_cfg, mesh, *, batch: int, seq: int, step_cfg, teache
 def sampler_memory(model_cfg, mesh, *, batch: int, prompt_len: int, cache_len: int):
     """Compile the sampler's prefill ([batch, prompt_len]) and one decode step; per-device bytes.
 
-    Both are `cached_forward.forward_cached` on per-layer weights, as `sampler.generate` runs
-    them: it copies the stacked layer weights into per-layer buffers for the call
-    (`unstack_layers`), while the caller's stacked params stay alive. Those stacked layer weights
-    are counted as `held` (exact) and included in `total`.
+    Both are `cached_forward.forward_cached` on per-layer weights laid out by SAMPLE_RULES, as the
+    pipeline samples (`placement.sampling_params`). Whatever the caller keeps alive beside them
+    (a GRPO stage's train state, a teacher's frozen params) is not included.
     """
     import jax
     import jax.numpy as jnp
@@ -141,16 +137,10 @@ def sampler_memory(model_cfg, mesh, *, batch: int, prompt_len: int, cache_len: i
 
     rules = sh.SAMPLE_RULES
     p_shardings = sh.param_shardings(model_cfg, mesh, rules)
-    stacked = _abstract(model.abstract_params(model_cfg), p_shardings)
-    # A layer's slice keeps the stacked weight's sharding without its (unsharded) layer axis.
-    one_layer = jax.tree.map(
-        lambda s: NamedSharding(mesh, Spec(*s.spec[1:])), p_shardings["layers"]
-    )
     params = _abstract(
         jax.eval_shape(cached_forward.unstack_layers, model.abstract_params(model_cfg)),
-        {**p_shardings, "layers": (one_layer,) * model_cfg.n_layers},
+        sh.per_layer_shardings(p_shardings, model_cfg.n_layers),
     )
-    held = sum(_device_bytes(x) for x in jax.tree.leaves(stacked["layers"]))
     c_shardings = sh.cache_shardings(model_cfg, mesh, rules, batch, cache_len)
     cache = _abstract(
         jax.eval_shape(lambda: cached_forward.init_cache(model_cfg, batch, cache_len)),
@@ -182,13 +172,8 @@ def sampler_memory(model_cfg, mesh, *, batch: int, prompt_len: int, cache_len: i
         start = time.time()
         jitted = jax.jit(fn, out_shardings=out_shardings, donate_argnums=(3,))
         compiled = jitted.lower(params, tokens, tokens, cache, index, kv_mask).compile()
-        out[name] = memory_of(compiled, held) | {"compile_s": round(time.time() - start, 1)}
+        out[name] = memory_of(compiled) | {"compile_s": round(time.time() - start, 1)}
     return out
-
-
-def _device_bytes(x) -> int:
-    """Bytes of one device's shard of an abstract array with a sharding."""
-    return math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
 
 
 def _compile_all(args, dtype: str, mesh) -> dict:
@@ -286,7 +271,6 @@ def format_report(report: dict, args: argparse.Namespace) -> str:
             lines.append(
                 f"  {title:55s} args {m['arguments'] / GIB:7.2f}  out {m['outputs'] / GIB:7.2f}  "
                 f"aliased {m['aliased'] / GIB:7.2f}  temps {m['temps'] / GIB:7.2f}  "
-                f"held {m['held'] / GIB:7.2f}  "
                 f"total {m['total'] / GIB:7.2f}  {verdict}"
             )
     if report["dtype"] == "bfloat16":
