@@ -8,6 +8,7 @@ step `a op b = r` of every completion against the task (its `config.json`): the 
 steps among clean facts, and among misconceived facts (see s2d_jax/data/toy_arith.py), with the
 share of those that show the demos' wrong value. It tells whether a stage fixed the misconceptions
 (what only the verifier's reward can teach) or got better at the facts the demos teach right.
+It checks each step's arithmetic only, not whether the step copies the problem's next operation.
 """
 
 from __future__ import annotations
