@@ -30,7 +30,8 @@ def get_config(arg=None):
     # Warm-start (a stand-in for pretraining) on a 240-step cosine schedule. The teacher runs it
     # to the end and lands near the ceiling that the demos' misconceptions leave (~45%; see
     # configs/common.arith_task); the student stops early, a weaker base model still learning the
-    # facts (measured, seed 0: 11% at step 120, 22% at 140, 26% at 150, 30% at 160).
+    # facts (measured, seed 0: 11% at step 120, 22% at 140, 26% at 150, 30% at 160). Where it
+    # lands depends on the seed (seed 1: 47% at step 150), and with it how much direct GRPO can do.
     sft = dict(schedule="cosine", warmup_steps=n(20), total_steps=n(240), weight_decay=0.0)
     s = common.ConfigDict()
     s.teacher_sft = common.sft_stage("teacher", "base", "demos", n(240), 32, 3e-3)
