@@ -9,16 +9,18 @@ replaced (the baseline), beside the unpadded need (longest prompt + max_new_toke
     PYTHONPATH=. .venv/bin/python benchmarks/bucket_padding.py          # SmolLM2 GSM8K config
     PYTHONPATH=. .venv/bin/python benchmarks/bucket_padding.py --config configs/toy_arith.py \\
         --split test --batches 4,32 --max_new_tokens 48
+
+`--config` is read as by `s2d_jax.main` (a config file, `:args` allowed).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
 from s2d_jax import pipeline, sampler, tasks
 
@@ -28,39 +30,34 @@ def power_of_two(n: int, minimum: int = sampler.MIN_BUCKET) -> int:
     return max(minimum, 1 << (n - 1).bit_length())
 
 
-def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/smollm2_gsm8k.py", "Experiment config."
+)
+_SPLIT = flags.DEFINE_string("split", "test", "A prompt pool of the config's task.")
+_BATCHES = flags.DEFINE_string("batches", "2,8,64", "Prompts per sampler call.")
+_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 192, "Tokens generated per row.")
+_PROBLEMS = flags.DEFINE_integer("problems", 500, "Prompts to tokenize.")
+_DRAWS = flags.DEFINE_integer("draws", 1000, "Random batches per size.")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/smollm2_gsm8k.py")
-    parser.add_argument("--split", default="test", help="a prompt pool of the config's task")
-    parser.add_argument("--batches", default="2,8,64", help="prompts per sampler call")
-    parser.add_argument("--max_new_tokens", type=int, default=192)
-    parser.add_argument("--problems", type=int, default=500, help="prompts to tokenize")
-    parser.add_argument("--draws", type=int, default=1000, help="random batches per size")
-    args = parser.parse_args()
-
-    plan = pipeline.validate(load_config(args.config))
+def main(argv):
+    del argv
+    plan = pipeline.validate(_CONFIG.value)
     hf_path = next((m.hf_path for m in plan.models.values() if m.hf_path), "")
     with tempfile.TemporaryDirectory() as workdir:
         task = tasks.Task(
             plan.task_cfg, tasks.build_tokenizer(plan.task_cfg, Path(workdir), hf_path)
         )
-        pool = task.pool(args.split)[: args.problems]
+        pool = task.pool(_SPLIT.value)[: _PROBLEMS.value]
         lengths = np.array([len(task.prompt_ids(example)) for example in pool])
     print(
-        f"{args.config} {args.split}: {len(lengths)} prompts of {lengths.min()}-{lengths.max()} "
-        f"tokens (median {np.median(lengths):.0f}), max_new_tokens {args.max_new_tokens}"
+        f"{_SPLIT.value}: {len(lengths)} prompts of {lengths.min()}-{lengths.max()} "
+        f"tokens (median {np.median(lengths):.0f}), max_new_tokens {_NEW_TOKENS.value}"
     )
     rng = np.random.default_rng(0)
-    N = args.max_new_tokens
-    for size in map(int, args.batches.split(",")):
-        longest = [int(lengths[rng.choice(len(lengths), size)].max()) for _ in range(args.draws)]
+    N = _NEW_TOKENS.value
+    for size in map(int, _BATCHES.value.split(",")):
+        longest = [int(lengths[rng.choice(len(lengths), size)].max()) for _ in range(_DRAWS.value)]
         need = np.mean([p + N for p in longest])
         base = np.mean([power_of_two(p) + power_of_two(N) for p in longest])
         new = np.mean([sampler.bucket(p) + sampler.bucket(N) for p in longest])
@@ -71,4 +68,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -169,6 +169,11 @@ def test_toy_config_variants():
     assert "stage3" in full.stages and full.stages.student_sft.steps == 150
     small = toy_arith.get_config("scale=0.1,stage3=false")
     assert "stage3" not in small.stages and small.stages.student_sft.steps == 15
+    on_policy = ("raw_opd", "opd", "opd_no_fkl", "opd_1h")
+    assert {full.stages[name].optim.lr for name in on_policy} == {1e-4}
+    fast = toy_arith.get_config("opd_lr=0.001")
+    assert {fast.stages[name].optim.lr for name in on_policy} == {1e-3}
+    assert fast.stages.fkl.optim.lr == full.stages.fkl.optim.lr
     with pytest.raises(KeyError, match="stage_3"):
         toy_arith.get_config("stage_3=false")
     pipeline.validate(full)
