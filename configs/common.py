@@ -4,9 +4,18 @@ Each function returns a plain ConfigDict; experiments compose them. Every key a 
 declared here, so a typo on the command line or in a config fails loudly (lock_config=True).
 """
 
+from pathlib import Path
+
 import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
+# The data files that ship in the package (configs live beside it in the repository).
+SHIPPED_FILES = Path(__file__).resolve().parent.parent / "s2d_jax" / "data" / "files"
+
+
+def shipped_file(name):
+    """The path of a data file that ships in the package, e.g. "tiny_dapo_math.jsonl"."""
+    return str(SHIPPED_FILES / name)
 
 
 def parse_arg(arg, **defaults):
@@ -75,13 +84,23 @@ def arith_task(seed, num_demos=2000, num_rl=256, num_test=512, misconceived_fact
 ARITH_NEW_TOKENS = 48  # the longest toy solution is 40 tokens
 
 
-def model(preset="", hf_path="", dtype="float32", compute_dtype=""):
+def model(preset="", hf_path="", dtype="float32", compute_dtype="", random_weights=False):
     """One model role: a local Hugging Face checkpoint (`hf_path`), or a toy `preset` (fresh init).
 
     With both, the checkpoint must have the preset's dimensions (catches swapped paths).
+    `dtype` is the params' dtype as loaded: float32 for a role any stage trains (its master
+    weights); `compute_dtype` ("" = dtype) is what the forward passes run in, bfloat16 on
+    accelerators. `random_weights`: a random checkpoint of `preset` is written into the run
+    directory and loaded from there (the laptop twin of a launch; s2d_jax/random_models.py).
     """
     return ConfigDict(
-        dict(preset=preset, hf_path=hf_path, dtype=dtype, compute_dtype=compute_dtype)
+        dict(
+            preset=preset,
+            hf_path=hf_path,
+            dtype=dtype,
+            compute_dtype=compute_dtype,
+            random_weights=random_weights,
+        )
     )
 
 

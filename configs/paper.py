@@ -14,9 +14,16 @@ Arms (`arm=`), all with the same machinery, each a choice of stages:
   sft_teacher bridge from an SFT teacher given by teacher_path, then Stage 3 on 2H  (Table 4)
 Model pairs (`pair=`): qwen3_8b (Qwen3-8B -> Qwen3-1.7B), qwen3_14b (Qwen3-14B -> Qwen3-1.7B), llama
 (Llama-3.3-70B-Instruct -> Llama-3.1-8B-Instruct); a checkpoint whose dimensions differ from the
-pair's preset is an error (swapped or wrong paths fail before any compute). Paths are required: teacher_path and student_path (local Hugging Face
-checkpoints), data_path (DAPO-Math-17K parquet/JSONL). A missing one fails before any compute.
-Hardware: a TPU pod slice or GPUs (bfloat16; see README "Will it fit?"). Runtime: days.
+pair's preset is an error (swapped or wrong paths fail before any compute). Paths are required:
+teacher_path and student_path (local Hugging Face checkpoints), data_path (DAPO-Math-17K
+parquet/JSONL). A missing one fails before any compute.
+Hardware: a TPU pod slice or GPUs (float32 master weights and AdamW state, bfloat16 compute; see
+README "Will it fit?"). Runtime: days.
+
+pair=tiny is the laptop twin of any arm: the same stage chain, losses and dtypes on random tiny
+Qwen3-shaped checkpoints (written into the workdir, one chat tokenizer), the shipped DAPO-layout
+file s2d_jax/data/files/tiny_dapo_math.jsonl, 2 steps a stage, on CPU in a few minutes:
+    python -m s2d_jax.main --config configs/paper.py:arm=full,pair=tiny --workdir runs/tiny_full
 """
 
 from configs import common
@@ -29,7 +36,11 @@ PAIRS = {
     "qwen3_8b": ("qwen3_8b", "qwen3_1.7b"),
     "qwen3_14b": ("qwen3_14b", "qwen3_1.7b"),
     "llama": ("llama3_70b", "llama3_8b"),
+    "tiny": ("tiny_qwen3_teacher", "tiny_qwen3_student"),
 }
+# pair=tiny, the laptop twin: random Qwen3-shaped checkpoints written into the run directory, the
+# shipped DAPO-layout file, and these sizes; stages, losses, dtypes and eval splits as on a pod.
+TINY = dict(steps=2, prompts=2, group=4, rollouts=4, max_new=24, micro_batches=2, problems=2)
 ARMS = ("full", "direct", "raw", "no_fkl", "no_opd", "half", "replay", "sft_teacher")
 
 
@@ -47,13 +58,22 @@ def get_config(arg=None):
         raise ValueError(f"arm={arg.arm!r}; expected one of {ARMS}")
     if arg.pair not in PAIRS:
         raise ValueError(f"pair={arg.pair!r}; expected one of {sorted(PAIRS)}")
+    tiny = arg.pair == "tiny"
+    if tiny and (arg.teacher_path or arg.student_path or arg.data_path):
+        raise ValueError(
+            "pair=tiny writes its own random checkpoints and reads a shipped file: "
+            "give no teacher_path, student_path or data_path"
+        )
     teacher_preset, student_preset = PAIRS[arg.pair]
-    config = common.base(arg.seed, "skip", 8, mesh_sizes=common.mesh(data=1, fsdp=-1, tensor=1))
+    mesh = common.mesh(data=1, fsdp=-1, tensor=1)
+    config = common.base(arg.seed, "skip", 2 if tiny else 8, mesh_sizes=mesh)
     # Qwen3 chat template with thinking off (paper code default); DAPO columns need data_path.
+    data_path = common.shipped_file("tiny_dapo_math.jsonl") if tiny else arg.data_path
     config.task = common.task(
-        "math_train", "chat", train_path=arg.data_path, train_columns="dapo", split_seed=arg.seed
+        "math_train", "chat", train_path=data_path, train_columns="dapo", split_seed=arg.seed
     )
-    dtype = dict(dtype="bfloat16", compute_dtype="bfloat16")
+    # Float32 master weights for every role (each is trained by some arm), bfloat16 compute.
+    dtype = dict(dtype="float32", compute_dtype="bfloat16", random_weights=tiny)
     config.models = common.ConfigDict(
         dict(
             teacher=common.model(preset=teacher_preset, hf_path=arg.teacher_path, **dtype),
@@ -62,6 +82,8 @@ def get_config(arg=None):
     )
     config.stages = _stages(arg.arm)
     config.eval = common.evaluation("math500,aime24,aime25", samples=16, max_new_tokens=16384)
+    if tiny:
+        _shrink_to_tiny(config)
     config.report_rows = f"{arg.arm}={_final_stage(arg.arm)}"
     config.export_hf = _final_stage(arg.arm)
     return config
@@ -116,6 +138,18 @@ def _stages(arm):
     if half:
         s.stage3 = _grpo("student", "opd", "train_2h" if arm == "half" else "train_1h")
     return s
+
+
+def _shrink_to_tiny(config):
+    """The pod config at laptop size: only counts and lengths change."""
+    t = TINY
+    for stage in config.stages.values():
+        stage.steps = t["steps"]
+        stage.sampling.max_new_tokens = t["max_new"]
+        stage.batch_size = t["prompts"]
+        stage.samples_per_prompt = t["group"] if stage.kind == "grpo" else t["rollouts"]
+        stage.micro_batches = 1 if stage.kind == "grpo" else t["micro_batches"]
+    config.eval.update(samples=2, max_new_tokens=t["max_new"], max_problems=t["problems"])
 
 
 def _final_stage(arm):

@@ -42,14 +42,18 @@ def cache_axes(cfg: model.ModelConfig) -> tuple[dict, ...]:
     return tuple({"k": CACHE_LEAF_AXES, "v": CACHE_LEAF_AXES} for _ in range(cfg.n_layers))
 
 
-def unstack_layers(params) -> dict:
-    """Params with `layers` as a tuple of per-layer dicts (a copy of the layer weights).
+def unstack_layers(params, dtype: str | None = None) -> dict:
+    """Params with `layers` as a tuple of per-layer dicts (a copy of the layer weights), every
+    weight cast to `dtype` when given (the compute dtype: a decode step reads each weight once
+    per token, so float32 masters would double the bytes it reads in bfloat16 compute).
 
     `forward_cached` runs the layers as unrolled code. Given stacked [L, ...] weights it slices
     layer l out of them inside the decode loop, and XLA (CPU and GPU) copies each slice at every
     step (one extra read and write of all layer weights per token); per-layer buffers avoid that
     for one copy per `sampler.generate` call.
     """
+    if dtype is not None:
+        params = jax.tree.map(lambda w: w.astype(dtype), params)
     if isinstance(params["layers"], tuple):
         return params
     n_layers = jax.tree.leaves(params["layers"])[0].shape[0]

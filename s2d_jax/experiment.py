@@ -24,8 +24,9 @@ class ModelSpec:
     role: str
     preset: str  # a model_presets name: fresh init, or the dimensions hf_path must have
     hf_path: str  # local Hugging Face checkpoint directory
-    dtype: str  # parameter dtype
-    compute_dtype: str  # "" = same as dtype
+    dtype: str  # dtype of the params as loaded: float32 masters if any stage trains the role
+    compute_dtype: str  # "" = same as dtype; frozen copies (teacher, GRPO reference) use it
+    random_weights: bool  # write a random HF checkpoint of `preset` and load it (random_models.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +105,13 @@ def parse_models(config) -> dict[str, ModelSpec]:
         spec = to_dataclass(
             ModelSpec, dict(config.models[role], role=role), f"config.models.{role}"
         )
-        if not spec.hf_path and not spec.preset.startswith("toy_"):
+        if spec.random_weights:
+            if spec.hf_path or not spec.preset:
+                raise ValueError(
+                    f"config.models.{role}: random_weights writes a random checkpoint of `preset`; "
+                    f"give a preset and no hf_path (preset={spec.preset!r}, hf_path={spec.hf_path!r})"
+                )
+        elif not spec.hf_path and not spec.preset.startswith("toy_"):
             raise ValueError(
                 f"config.models.{role}.hf_path is required: the local path of a Hugging Face "
                 f"checkpoint{' of ' + spec.preset if spec.preset else ''} (only toy_* presets "
@@ -170,6 +177,7 @@ def parse_stages(config, models: dict[str, ModelSpec]) -> list[StageConfig]:
                     f"config.stages.{name}.{field} = {ref!r} is neither 'base', another stage "
                     f"({sorted(parsed)}), nor an existing checkpoint directory"
                 )
+    check_trained_precision(parsed.values(), models)
     ordered: list[StageConfig] = []
     while deps:
         ready = sorted(name for name, d in deps.items() if not d)
@@ -180,6 +188,20 @@ def parse_stages(config, models: dict[str, ModelSpec]) -> list[StageConfig]:
         for d in deps.values():
             d.discard(ready[0])
     return ordered
+
+
+def check_trained_precision(stages, models: dict[str, ModelSpec]) -> None:
+    """A role that any stage trains keeps float32 master weights (frozen roles may be bfloat16)."""
+    for stage in stages:
+        spec = models[stage.model]
+        if stage.kind != "eval" and spec.dtype != "float32":
+            raise ValueError(
+                f"config.models.{spec.role}.dtype = {spec.dtype!r}, but stage {stage.name!r} trains "
+                f"{spec.role!r}: a trained model keeps float32 master weights, since AdamW steps "
+                "at lr ~1e-6 fall below half a unit in the last place of bfloat16 weights and are "
+                "lost. Set dtype='float32' and compute_dtype='bfloat16' (bfloat16 compute, "
+                "float32 masters)."
+            )
 
 
 def parse_eval(config) -> EvalConfig:

@@ -72,8 +72,14 @@ def read_metrics(stage_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def check_finite(step: int, metrics: dict, keys=("train/loss",)) -> None:
-    """Raise naming the step and the metric when a watched metric is NaN/Inf (nan_policy="raise")."""
+def check_finite(step: int, metrics: dict, keys=("train/loss", "train/grad_norm")) -> None:
+    """Raise naming the step and the metric when a watched metric is NaN/Inf, or when the train
+    step found its update non-finite (`train/nonfinite_update`) (nan_policy="raise")."""
     for key in keys:
         if key in metrics and not math.isfinite(metrics[key]):
             raise FloatingPointError(f"step {step}: metric {key} = {metrics[key]} is not finite")
+    if metrics.get("train/nonfinite_update", 0.0):
+        raise FloatingPointError(
+            f"step {step}: the update made parameters or optimizer state non-finite "
+            "(train/nonfinite_update = 1; loss and gradient norm were finite)"
+        )

@@ -96,6 +96,32 @@ PRESETS = {
     "toy_5m": dict(
         _TOY, d_model=256, n_layers=7, n_heads=8, n_kv_heads=4, head_dim=32, mlp_dim=704
     ),
+    # Qwen3-shaped random pair of `configs/paper.py:pair=tiny` (teacher untied like Qwen3-8B,
+    # student tied like Qwen3-1.7B); vocab_size holds the tiny chat tokenizer (random_models.py).
+    "tiny_qwen3_teacher": dict(
+        _QWEN3,
+        d_model=64,
+        n_layers=3,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=16,
+        mlp_dim=192,
+        vocab_size=1024,
+        max_seq_len=2048,
+        tie_embeddings=False,
+    ),
+    "tiny_qwen3_student": dict(
+        _QWEN3,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=8,
+        mlp_dim=96,
+        vocab_size=1024,
+        max_seq_len=2048,
+        tie_embeddings=True,
+    ),
     # Smallest useful decoder, for unit tests.
     "toy_tiny": dict(_TOY, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_dim=64),
 }

@@ -26,6 +26,7 @@ from s2d_jax import (
     hf_io,
     model,
     placement,
+    random_models,
     report,
     rewards,
     stage_loop,
@@ -101,6 +102,10 @@ def run(config, workdir, devices=None) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    models = random_models.materialize(models, workdir, config.seed)
+    for spec in models.values():
+        if spec.random_weights:
+            model_config(spec, vocab_size=None)  # the preset check, as for a given checkpoint
     # Teacher and student share one tokenizer (distillation needs it); the student's comes first.
     tokenizer_source = next(
         (m.hf_path for _, m in sorted(models.items(), reverse=True) if m.hf_path), ""
@@ -167,17 +172,21 @@ def _differing_fields(a, b, ignore=()) -> list[str]:
     return differ
 
 
-def load_params(ctx: Context, role: str, ref: str):
+def load_params(ctx: Context, role: str, ref: str, *, frozen: bool = False):
     """Params for a reference: "base" (HF checkpoint or fresh init), an earlier stage, an HF dir.
 
-    With a mesh each parameter is created, read or restored directly onto its TRAIN_RULES shard.
+    `frozen` (a teacher, never updated) stores them in the role's compute dtype, cast as they are
+    read. With a mesh each parameter is created, read or restored directly onto its TRAIN_RULES
+    shard.
     """
     spec = ctx.models[role]
     cfg = model_config(spec, ctx.task.tokenizer.vocab_size)
+    if frozen:
+        cfg = dataclasses.replace(cfg, param_dtype=cfg.compute_dtype)
     shardings = placement.param_shardings(ctx.mesh, cfg)
     if ref == "base":
         if spec.hf_path:
-            return cfg, hf_io.load_hf(spec.hf_path, dtype=spec.dtype, shardings=shardings)[1]
+            return cfg, hf_io.load_hf(spec.hf_path, dtype=cfg.param_dtype, shardings=shardings)[1]
         seed = jax.random.fold_in(jax.random.key(ctx.seed), sum(map(ord, role)))
         return cfg, placement.init_params(ctx.mesh, cfg, seed)
     stage_dir = ctx.workdir / ref
@@ -185,7 +194,10 @@ def load_params(ctx: Context, role: str, ref: str):
         target = model.abstract_params(cfg)
         return cfg, checkpoints.load_exported_params(stage_dir, target, shardings)
     if Path(ref).is_dir():
-        return hf_io.load_hf(ref, dtype=spec.dtype, shardings=shardings)
+        dtypes = dict(param_dtype=cfg.param_dtype, compute_dtype=cfg.compute_dtype)
+        hf_cfg = model.ModelConfig.from_hf_config(hf_io.read_hf_config(ref), **dtypes)
+        hf_shardings = placement.param_shardings(ctx.mesh, hf_cfg)
+        return hf_cfg, hf_io.load_hf(ref, dtype=cfg.param_dtype, shardings=hf_shardings)[1]
     raise FileNotFoundError(f"cannot load {ref!r}: {stage_dir}/params does not exist")
 
 
@@ -199,7 +211,7 @@ def run_stage(ctx: Context, stage: experiment.StageConfig, stage_dir: Path) -> d
     policy = stages.Policy(cfg, params)
     teacher = None
     if stage.kind in ("forward_kl", "on_policy_kl"):
-        teacher = stages.Policy(*load_params(ctx, "teacher", stage.teacher))
+        teacher = stages.Policy(*load_params(ctx, "teacher", stage.teacher, frozen=True))
         if teacher.cfg.vocab_size != cfg.vocab_size:
             raise ValueError(
                 f"{stage.name}: teacher vocab {teacher.cfg.vocab_size} != student vocab "
@@ -212,6 +224,9 @@ def run_stage(ctx: Context, stage: experiment.StageConfig, stage_dir: Path) -> d
         make_batch, total = maker(ctx, stage, policy, teacher)
     step_cfg = step_config(stage, total)
     state = placement.init_state(ctx.mesh, cfg, step_cfg.optimizer, params, ctx.seed)
+    # The state holds float32 masters now; the batch makers keep only what they need (the GRPO
+    # reference in the compute dtype), so the loaded copy can be freed.
+    del params, policy
     update = placement.jit_update(
         ctx.mesh,
         step_cfg,
@@ -222,7 +237,7 @@ def run_stage(ctx: Context, stage: experiment.StageConfig, stage_dir: Path) -> d
     )
     diagnostics = {}
     if stage.kind == "forward_kl":
-        diagnostics.update(c2_kl(ctx, cfg, params, teacher, make_batch, "before"))
+        diagnostics.update(c2_kl(ctx, cfg, state.params, teacher, make_batch, "before"))
 
     def periodic_eval(params, step):
         return stages.evaluate_policy(ctx, cfg, params, stage_dir, f"step{step}")

@@ -68,7 +68,10 @@ def init_state(mesh: Mesh | None, cfg, opt_cfg: train.OptimizerConfig, params, s
     """`train.init_train_state`; with a mesh the AdamW moments take their parameter's sharding
     and everything else (step, RNG key, counters) is replicated."""
     if mesh is None:
-        return train.init_train_state(cfg, opt_cfg, params, seed)
+        # Committed to the device, as the step's outputs are: an uncommitted first state would
+        # compile the step a second time for the same shapes.
+        state = train.init_train_state(cfg, opt_cfg, params, seed)
+        return jax.device_put(state, jax.local_devices()[0])
 
     def init(params):
         return train.init_train_state(cfg, opt_cfg, params, seed)
@@ -135,10 +138,11 @@ def to_host(tree):
 
 
 def sampling_params(mesh: Mesh | None, cfg: model.ModelConfig, params):
-    """Per-layer params laid out for decoding (`SAMPLE_RULES`: whole over fsdp), the form
-    `sampler.generate` decodes with (`cached_forward.unstack_layers`). Re-laying out and unstacking
-    in one program leaves one sampling copy of the weights on each device, not a stacked one plus
-    the per-layer one. Without a mesh the params are returned as they are (`generate` unstacks)."""
+    """Per-layer params in the compute dtype laid out for decoding (`SAMPLE_RULES`: whole over
+    fsdp), the form `sampler.generate` decodes with (`cached_forward.unstack_layers`).
+    Re-laying out, casting and unstacking in one program leaves one sampling copy of the weights
+    on each device, not a stacked one plus the per-layer one. Without a mesh the params are
+    returned as they are (`generate` unstacks and casts)."""
     if mesh is None:
         return params
     return _unstack_to_sampling_layout(mesh, cfg)(params)
@@ -147,4 +151,5 @@ def sampling_params(mesh: Mesh | None, cfg: model.ModelConfig, params):
 @functools.cache
 def _unstack_to_sampling_layout(mesh: Mesh, cfg: model.ModelConfig):
     shardings = sh.per_layer_shardings(param_shardings(mesh, cfg, sh.SAMPLE_RULES), cfg.n_layers)
-    return jax.jit(cached_forward.unstack_layers, out_shardings=shardings)
+    unstack = functools.partial(cached_forward.unstack_layers, dtype=cfg.compute_dtype)
+    return jax.jit(unstack, out_shardings=shardings)

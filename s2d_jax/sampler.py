@@ -251,7 +251,7 @@ def _jit_decode_loop(fn):
 _prefill_jit = _jit_prefill(_prefill_arrays)
 _decode_loop_jit = _jit_decode_loop(decode_loop)
 _to_rollout_jit = jax.jit(to_rollout, static_argnames=("rows", "max_new_tokens"))
-_unstack_layers_jit = jax.jit(unstack_layers)
+_unstack_layers_jit = jax.jit(unstack_layers, static_argnames=("dtype",))
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -400,7 +400,7 @@ def generate(
     )
     _check_batch(cfg, prompts, max_new_tokens, num_samples, mesh, data_axis)  # before unstacking
     if unstack:
-        params = _unstack_layers_jit(params)
+        params = _unstack_layers_jit(params, dtype=cfg.compute_dtype)
     state = prefill(
         cfg,
         params,

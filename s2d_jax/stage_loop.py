@@ -64,7 +64,7 @@ def run_loop(
             values.update(evaluate(state.params, step + 1))
         last = writer.write(step + 1, values)
         if nan_policy == "raise":  # "skip": the step already kept the old params and counted it
-            metrics.check_finite(step + 1, last, ("train/loss", "train/grad_norm"))
+            metrics.check_finite(step + 1, last)
         if (step + 1) % save_every == 0:
             checkpoints.save_state(manager, step + 1, state, {"step": step + 1})
         bar.set_postfix(_postfix(last), refresh=False)

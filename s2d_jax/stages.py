@@ -34,6 +34,11 @@ class Policy:
     params: object
 
 
+def frozen_copy(cfg, params):
+    """`params` in the compute dtype, for a model that is only read (a no-op in float32)."""
+    return jax.tree.map(lambda x: x.astype(cfg.compute_dtype), params)
+
+
 def _seed(ctx, stage: StageConfig, purpose: int) -> int:
     """A per-stage, per-purpose seed: stages never share random streams."""
     return int(
@@ -123,13 +128,15 @@ def grpo_batches(ctx, stage, policy, teacher):
     pool = ctx.task.pool(stage.data)
     seed = _seed(ctx, stage, 0)
     G = stage.samples_per_prompt
-    ref_params = policy.params  # pi_ref is the stage's starting point (paper §2.1)
+    cfg = policy.cfg
+    # pi_ref is the stage's starting point (paper §2.1), frozen: held in the compute dtype.
+    ref_params = frozen_copy(cfg, policy.params) if stage.grpo.kl_coef > 0 else None
     sampling = stage.sampling
 
     def make_batch(params, step):
         idx = batch_indices(ctx, stage, len(pool), step)
         prompts = [ctx.task.prompt_ids(pool[i]) for i in idx]
-        rollout, stats = _sample(ctx, policy.cfg, params, prompts, sampling, seed + step + 1, G)
+        rollout, stats = _sample(ctx, cfg, params, prompts, sampling, seed + step + 1, G)
         texts = rollouts.completion_texts(rollout, ctx.task.tokenizer)
         references = [pool[i]["answer"] for i in idx for _ in range(G)]
         rewards_B, reward_stats = grade_own_rows(ctx.grader, texts, references)
@@ -144,9 +151,9 @@ def grpo_batches(ctx, stage, policy, teacher):
             )
         )
         if sampling.temperature != 1.0:  # the sampler's log-probs are tempered; the trainer's not
-            batch["old_logprobs"] = _score(ctx, policy.cfg, params, batch)
-        if stage.grpo.kl_coef > 0:
-            batch["ref_logprobs"] = _score(ctx, policy.cfg, ref_params, batch)
+            batch["old_logprobs"] = _score(ctx, cfg, params, batch)
+        if ref_params is not None:
+            batch["ref_logprobs"] = _score(ctx, cfg, ref_params, batch)
         solved = correct_B.reshape(-1, G).max(axis=1)
         return batch, {
             **stats,
@@ -212,22 +219,17 @@ def forward_kl_batches(ctx, stage, policy, teacher, stage_dir):
 def on_policy_kl_batches(ctx, stage, policy, teacher):
     pool = ctx.task.pool(stage.data)
     seed = _seed(ctx, stage, 0)
+    cfg = policy.cfg
 
     def make_batch(params, step):
         idx = batch_indices(ctx, stage, len(pool), step)
         prompts = [ctx.task.prompt_ids(pool[i]) for i in idx]
         rollout, stats = _sample(
-            ctx,
-            policy.cfg,
-            params,
-            prompts,
-            stage.sampling,
-            seed + step + 1,
-            stage.samples_per_prompt,
+            ctx, cfg, params, prompts, stage.sampling, seed + step + 1, stage.samples_per_prompt
         )
         batch = rollouts.rollout_batch(rollout)
         if stage.sampling.temperature != 1.0:
-            batch["old_logprobs"] = _score(ctx, policy.cfg, params, batch)
+            batch["old_logprobs"] = _score(ctx, cfg, params, batch)
         return batch, stats
 
     return make_batch, num_steps(stage, len(pool))

@@ -77,15 +77,27 @@ def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
     return optax.constant_schedule(cfg.lr)
 
 
+# Master weights, AdamW moments and optimizer hyperparameters of a trained model: in bfloat16,
+# b2 = 0.999 rounds to 1.0 (Adam's bias correction divides by 0) and an lr-1e-6 step is below half
+# a unit in the last place of most weights, so it is never applied.
+MASTER_DTYPE = jnp.float32
+
+
 def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
-    """clip_by_global_norm -> AdamW; the learning rate is kept in the state (see `learning_rate`)."""
+    """clip_by_global_norm -> AdamW; the learning rate is kept in the state (see `learning_rate`).
+
+    Hyperparameters and first moments are float32 whatever the params' dtype (optax would store
+    them in the params' dtype); the second moments follow the float32 masters."""
     clip = optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip else optax.identity()
-    adamw = optax.inject_hyperparams(optax.adamw)(
+    adamw = optax.inject_hyperparams(
+        optax.adamw, static_args=("mu_dtype",), hyperparam_dtype=MASTER_DTYPE
+    )(
         learning_rate=learning_rate_schedule(cfg),
         b1=cfg.b1,
         b2=cfg.b2,
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,
+        mu_dtype=MASTER_DTYPE,
     )
     return optax.chain(clip, adamw)
 
@@ -106,18 +118,20 @@ class TrainState:
 def init_train_state(
     model_cfg: model.ModelConfig, opt_cfg: OptimizerConfig, params, rng: jax.Array | int
 ) -> TrainState:
-    """A fresh state. params are copied: the steps donate the state, and the caller's arrays
-    (e.g. the same params serving as the GRPO reference) must stay valid."""
-    want = jax.tree.map(lambda x: (x.shape, jnp.dtype(x.dtype)), model.abstract_params(model_cfg))
-    got = jax.tree.map(lambda x: (x.shape, jnp.dtype(x.dtype)), params)
+    """A fresh state whose params are float32 master copies of `params` (any float dtype).
+
+    The copy matters even in float32: the steps donate the state, and the caller's arrays (e.g.
+    the same params serving as the GRPO reference) must stay valid."""
+    want = jax.tree.map(lambda x: x.shape, model.abstract_params(model_cfg))
+    got = jax.tree.map(lambda x: x.shape, params)
     if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
         raise ValueError(
-            "init_train_state: params do not match the ModelConfig (shapes/dtypes of "
+            "init_train_state: params do not match the ModelConfig (shapes of "
             "model.abstract_params(model_cfg)); was the right checkpoint loaded?"
         )
     key = jax.random.key(int(rng)) if isinstance(rng, int | np.integer) else rng
-    params = jax.tree.map(jnp.copy, params)
-    return TrainState(params, make_optimizer(opt_cfg).init(params), jnp.zeros((), jnp.int32), key)
+    masters = jax.tree.map(lambda x: jnp.array(x, dtype=MASTER_DTYPE, copy=True), params)
+    return TrainState(masters, make_optimizer(opt_cfg).init(masters), jnp.zeros((), jnp.int32), key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,10 +299,18 @@ def _update(state: TrainState, teacher_params, batch, cfg, model_cfg, teacher_cf
         state.params, teacher_params, batch, cfg, model_cfg, teacher_cfg
     )
     grad_norm = optax.global_norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = make_optimizer(cfg.optimizer).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    # A non-finite loss or gradient skips the update: select the old arrays bit for bit.
+    # The change as applied (rounded into the masters), not as the optimizer proposed it. A finite
+    # norm of new - old (old finite) also says every new parameter is finite.
+    update_norm = optax.global_norm(
+        jax.tree.map(
+            lambda n, o: n.astype(jnp.float32) - o.astype(jnp.float32), params, state.params
+        )
+    )
+    update_ok = jnp.isfinite(update_norm) & _all_finite(opt_state)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & update_ok
+    # A step that is not finite throughout is skipped: select the old arrays bit for bit.
     keep_old = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
     new_state = state.replace(
         params=keep_old(params, state.params),
@@ -298,10 +320,19 @@ def _update(state: TrainState, teacher_params, batch, cfg, model_cfg, teacher_cf
     metrics |= {
         "train/loss": loss,
         "train/grad_norm": grad_norm,
+        "train/update_norm": jnp.where(ok, update_norm, 0.0),
+        "train/param_norm": optax.global_norm(new_state.params),
+        "train/nonfinite_update": 1.0 - update_ok.astype(jnp.float32),
         "train/skipped": 1.0 - ok.astype(jnp.float32),
         "train/lr": learning_rate(new_state.opt_state),
     }
     return new_state, metrics
+
+
+def _all_finite(tree) -> jax.Array:
+    """bool []: every floating-point leaf of `tree` is finite (integer counters are skipped)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def train_step(state: TrainState, batch: dict, *, cfg: StepConfig, model_cfg: model.ModelConfig):

@@ -10,6 +10,7 @@ import pkgutil
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 from conftest import shrink_config
 from test_data import build_hf_tokenizer
@@ -17,7 +18,7 @@ from test_data import build_hf_tokenizer
 import configs
 from configs import eval as eval_config
 from configs import paper, smollm2_gsm8k, toy_arith, toy_calibration
-from s2d_jax import hf_io, model, pipeline
+from s2d_jax import hf_io, metrics, model, pipeline
 
 
 def test_every_config_file_is_covered():
@@ -63,7 +64,6 @@ def _paper(arm, paths, **extra):
     config = paper.get_config(arg)
     for role in config.models:
         config.models[role].preset = ""  # tiny checkpoints, not the paper's sizes
-        config.models[role].update(dtype="float32", compute_dtype="float32")
     config.eval.splits = "math500"
     return shrink_config(config, **extra)
 
@@ -114,6 +114,46 @@ def test_paper_half_split_runs(checkpoints, tmp_path):
 def test_paper_arms_run(arm, checkpoints, tmp_path):
     summaries = pipeline.run(_paper(arm, checkpoints, new_tokens=6), tmp_path)
     assert all("eval/math500/avg@2" in s for s in summaries.values())
+
+
+def assert_every_step_trained(workdir, summaries):
+    """Every training stage logged finite losses, no skipped step and a parameter change > 0."""
+    for stage in summaries:
+        rows = metrics.read_metrics(workdir / stage)
+        assert rows, stage
+        for row in rows:
+            where = (stage, row["step"])
+            assert np.isfinite(row["train/loss"]) and np.isfinite(row["train/grad_norm"]), where
+            assert row["train/skipped"] == 0.0 and row["train/update_norm"] > 0, where
+
+
+def run_tiny_arm(arm, workdir):
+    config = paper.get_config(f"arm={arm},pair=tiny")
+    plan = pipeline.validate(config)
+    summaries = pipeline.run(config, workdir)
+    assert list(summaries) == [s.name for s in plan.stages]
+    assert_every_step_trained(workdir, summaries)
+    final = summaries[config.export_hf]
+    assert {"eval/math500/avg@2", "eval/aime24/avg@2", "eval/aime25/avg@2"} <= set(final)
+    exported = json.loads((workdir / "export_hf" / "config.json").read_text())
+    assert exported["torch_dtype"] == "float32"  # the float32 masters, not a bfloat16 copy
+    return summaries
+
+
+def test_paper_full_arm_runs_tiny_in_paper_dtypes(tmp_path):
+    """`configs/paper.py:arm=full,pair=tiny`: the pod config's stage chain, losses and dtypes
+    (float32 masters, bfloat16 compute) on random tiny Qwen3 checkpoints, teacher larger."""
+    summaries = run_tiny_arm("full", tmp_path)
+    student = json.loads((tmp_path / "random_models" / "student" / "config.json").read_text())
+    teacher = json.loads((tmp_path / "random_models" / "teacher" / "config.json").read_text())
+    assert teacher["hidden_size"] > student["hidden_size"]
+    assert "c2/forward_after" in summaries["fkl"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arm", [a for a in paper.ARMS if a != "full"])
+def test_paper_arm_runs_tiny(arm, tmp_path):
+    run_tiny_arm(arm, tmp_path)
 
 
 @pytest.mark.slow

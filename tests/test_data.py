@@ -243,33 +243,10 @@ def test_half_split(shipped):
 
 # --- tokenizer wrapper and prompts, on a tiny Hugging Face tokenizer built here ---
 
-QWEN_LIKE_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
-    "{% endif %}{% endif %}"
-)
-
 
 def build_hf_tokenizer(out_dir, *, bos=None, generation_eos=None):
-    import tokenizers as hf_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + ([bos] if bos else [])
-    tok = hf_tokenizers.Tokenizer(hf_tokenizers.models.BPE())
-    tok.pre_tokenizer = hf_tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = hf_tokenizers.decoders.ByteLevel()
-    trainer = hf_tokenizers.trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=specials,
-        initial_alphabet=hf_tokenizers.pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator([prompts.INSTRUCTION, "What is $1+1$? The answer is 2."] * 20, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=bos
-    )
-    fast.chat_template = QWEN_LIKE_TEMPLATE
-    fast.save_pretrained(out_dir)
+    texts = [prompts.INSTRUCTION, "What is $1+1$? The answer is 2."] * 20
+    tok = s2d_tokenizers.train_chat_tokenizer(out_dir, texts, 320, bos=bos)
     if generation_eos is not None:
         with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
             json.dump({"eos_token_id": generation_eos}, f)

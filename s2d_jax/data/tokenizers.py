@@ -27,6 +27,14 @@ from typing import Any
 # tokenizer's vocabulary stops generation, whatever its config calls "eos".
 _END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>")
 _HF_FILES = ("tokenizer.json", "tokenizer_config.json")
+# Qwen3's chat layout (im_start / im_end turns, an empty think block when thinking is off), for
+# tokenizers trained here: prompts then take the same path as a real Qwen3 checkpoint's.
+QWEN3_STYLE_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% endif %}{% endif %}"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,3 +160,31 @@ def _hf_eos_ids(tok, path: str) -> tuple[int, ...]:
     if not ids:
         raise ValueError(f"tokenizer {path} has no EOS token and no known end token")
     return tuple(dict.fromkeys(int(i) for i in ids))
+
+
+def train_chat_tokenizer(out_dir: str, texts: Sequence[str], vocab_size: int, *, bos=None):
+    """Train a byte-level BPE tokenizer on `texts` and save it as a Hugging Face tokenizer
+    directory with Qwen3's special tokens and chat template; returns the `tokenizers.Tokenizer`.
+
+    Byte-level: any text encodes, whatever `texts` held. Deterministic for the same inputs.
+    """
+    import tokenizers as hf_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + ([bos] if bos else [])
+    tok = hf_tokenizers.Tokenizer(hf_tokenizers.models.BPE())
+    tok.pre_tokenizer = hf_tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = hf_tokenizers.decoders.ByteLevel()
+    trainer = hf_tokenizers.trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=hf_tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=bos
+    )
+    fast.chat_template = QWEN3_STYLE_CHAT_TEMPLATE
+    fast.save_pretrained(out_dir)
+    return tok
