@@ -170,7 +170,7 @@ def test_format_reward_pays_extractable_wrong_answers(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rewards, "Grader", fake_grader(lambda text: 0.0))  # all wrong
     monkeypatch.setattr(
-        stages.rewards, "extract_answer", lambda t: "7" if len(t) % 2 == 0 else None
+        stages.rewards, "extract_answer", lambda t, answer_style: "7" if len(t) % 2 == 0 else None
     )
     config = _toy(keep_stages=("teacher_grpo",))
     config.stages.teacher_grpo.init_from = "base"
