@@ -203,8 +203,16 @@ class Grader:
 
     def equivalent(self, pairs: Sequence[tuple[str, str]]) -> list[str]:
         """Whether each (answer, answer) pair of extracted answers is the same value: one
-        `grading_pool.OUTCOMES` entry per pair ("correct" = equivalent), under the time limit."""
-        return self._compare(pairs)[0]
+        `grading_pool.OUTCOMES` entry per pair ("correct" = equivalent), under the time limit.
+
+        An answer longer than `max_answer_chars` is never compared (as in `grade`): "wrong".
+        """
+        comparable = [max(len(a), len(b)) <= self.max_answer_chars for a, b in pairs]
+        verdicts = self._compare([pair for pair, ok in zip(pairs, comparable, strict=True) if ok])[
+            0
+        ]
+        ordered = iter(verdicts)
+        return [next(ordered) if ok else "wrong" for ok in comparable]
 
     def judge(
         self, responses: Sequence[str], references: Sequence[str], *, answer_style: str

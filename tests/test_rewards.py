@@ -235,6 +235,8 @@ def test_judge_tells_each_reason_apart(fast_grader):
 def test_equivalent_compares_two_model_answers(grader):
     pairs = [("0.5", r"\frac{1}{2}"), ("1,000", "1000"), ("2", "3"), (r"\dfrac{2}{4}", "0.5")]
     assert grader.equivalent(pairs) == ["correct", "correct", "wrong", "correct"]
+    too_long = "1" * (grader.max_answer_chars + 1)
+    assert grader.equivalent([(too_long, too_long), ("1", "1.0")]) == ["wrong", "correct"]
 
 
 def test_zero_truncated():
