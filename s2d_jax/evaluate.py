@@ -1,18 +1,22 @@
 """Evaluation metrics over k sampled completions per problem, and their files and table.
 
-    correct_PK, answers, records, stats = evaluate.score_completions(grader, ids, completions, refs)
-    summary = evaluate.summarize(correct_PK, answers=answers, groups={"level": levels}, pass_ks=(1, 8))
-    evaluate.write_eval_outputs(outdir, records, summary)
+    scored = evaluate.score_completions(grader, ids, texts, refs, truncated, answer_style="boxed")
+    summary = evaluate.summarize(scored.correct_PK, answer_groups=scored.groups_PK, pass_ks=(1, 8))
+    summary |= scored.grader_counts
+    evaluate.write_eval_outputs(outdir, scored.records, summary)
     print(evaluate.format_table(summary))
 
 Metrics (P problems, k samples each):
 - avg@k: mean over problems of the fraction of correct samples (the paper's avg@16), with the
   standard error over problems.
 - pass@k: the unbiased estimator of Chen et al. 2021 (Codex) from n >= k samples, averaged.
-- maj@k: whether the most frequent extracted answer among the first k samples is correct.
-- answered: the fraction of samples with an extractable final answer (format rate), ± SE.
+- maj@k: whether the largest group of equivalent answers among the first k samples is correct.
+- answered: the fraction of samples with a final answer that counts (format rate), ± SE.
+A sample cut at the token limit scores 0 and casts no vote (`rewards.zero_truncated`), as in
+training. Grader timeouts and errors are counted, not hidden among the wrong answers.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -74,57 +78,132 @@ def pass_at_k_per_problem(correct, k: int) -> np.ndarray:
     return np.array([pass_at_k(n, int(c), k) for c in correct_PN.sum(axis=1)])
 
 
-def majority_correct(answers: Sequence[Sequence[str | None]], correct, k: int | None = None):
-    """maj@k per problem [P] bool: the most frequent answer among the first k samples is correct.
+NO_ANSWER = -1  # answer group of a sample without an answer that counts: it casts no vote
+CORRECT_GROUP = 0  # answer group of every correct sample: each is equivalent to the reference
 
-    `answers` [P][n] are extracted answers (None when a sample has none), `correct` [P, n] their
-    grades. Answers are the same when `rewards.normalize_answer` gives the same string (spaces
-    ignored). Ties go to the answer that appears first; the group's verdict is that of its first
-    sample. A problem whose first k samples have no answer at all counts as wrong.
+
+def _check_groups(answer_groups, correct_PN: np.ndarray) -> np.ndarray:
+    groups_PN = np.asarray(answer_groups)
+    if groups_PN.shape != correct_PN.shape or not np.issubdtype(groups_PN.dtype, np.integer):
+        raise ValueError(
+            f"answer_groups must be integer labels shaped like correct {correct_PN.shape}, got "
+            f"{groups_PN.dtype} {groups_PN.shape}"
+        )
+    return groups_PN
+
+
+def _merged_labels(groups_N: np.ndarray, same_pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+    """`groups_N` with the groups of every pair in `same_pairs` joined, transitively, under the
+    smallest label of their class."""
+    parent: dict[int, int] = {}
+
+    def root(group: int) -> int:
+        while parent.get(group, group) != group:
+            group = parent[group]
+        return group
+
+    for a, b in same_pairs:
+        root_a, root_b = root(a), root(b)
+        if root_a != root_b:
+            parent[max(root_a, root_b)] = min(root_a, root_b)
+    return np.array([root(g) for g in groups_N.tolist()], groups_N.dtype)
+
+
+def majority_groups(
+    grader: "rewards.Grader", answers: Sequence[Sequence[str | None]], correct
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Majority-vote groups [P, n] int64 of extracted answers [P][n] graded `correct` [P, n].
+
+    NO_ANSWER where an answer is None; CORRECT_GROUP for every correct sample; wrong answers get
+    labels >= 1, one per math-verify equivalence class: grouped first by normalised string, then
+    each pair of a problem's groups is compared in the grader's worker processes (under its time
+    limit; model text is never parsed here) and equivalent groups are joined. A timeout or error
+    keeps two groups apart, and is counted in the returned {"maj_grader_timeouts",
+    "maj_grader_errors"}. A problem without a correct sample keeps its string groups: whichever
+    of them wins, maj@k is wrong, so comparing them would change nothing.
     """
     correct_PN = _check_correct(correct)
     if len(answers) != correct_PN.shape[0] or any(len(a) != correct_PN.shape[1] for a in answers):
         raise ValueError(f"answers must be [P][n] matching correct {correct_PN.shape}")
+    groups_PN = np.full(correct_PN.shape, NO_ANSWER, np.int64)
+    pairs, owners = [], []  # (answer, answer) to compare; (problem, group, group) they stand for
+    for p, row in enumerate(answers):
+        label_of: dict[str, int] = {}  # normalised wrong answer (spaces dropped) -> its group
+        first_answer: list[str] = []  # of each wrong group, in label order
+        for j, answer in enumerate(row):
+            if answer is None:
+                continue
+            if correct_PN[p, j]:
+                groups_PN[p, j] = CORRECT_GROUP
+                continue
+            key = rewards.normalize_answer(answer).replace(" ", "")
+            if key not in label_of:
+                label_of[key] = len(label_of) + 1
+                first_answer.append(answer)
+            groups_PN[p, j] = label_of[key]
+        if correct_PN[p].any():
+            for a in range(len(first_answer)):
+                for b in range(a + 1, len(first_answer)):
+                    pairs.append((first_answer[a], first_answer[b]))
+                    owners.append((p, a + 1, b + 1))
+    verdicts = grader.equivalent(pairs) if pairs else []
+    same_pairs_of: dict[int, list[tuple[int, int]]] = {}
+    for (p, a, b), verdict in zip(owners, verdicts, strict=True):
+        if verdict == "correct":
+            same_pairs_of.setdefault(p, []).append((a, b))
+    for p, same_pairs in same_pairs_of.items():
+        groups_PN[p] = _merged_labels(groups_PN[p], same_pairs)
+    counts = {
+        "maj_grader_timeouts": float(verdicts.count("timeout")),
+        "maj_grader_errors": float(verdicts.count("error")),
+    }
+    return groups_PN, counts
+
+
+def majority_correct(answer_groups, correct, k: int | None = None) -> np.ndarray:
+    """maj@k per problem [P] bool: the largest answer group among the first k samples is correct.
+
+    `answer_groups` [P, n] int are labels from `majority_groups` (NO_ANSWER casts no vote),
+    `correct` [P, n] the grades. Ties go to the group whose first sample comes first; the group's
+    verdict is that of its first sample. A problem whose first k samples have no answer at all
+    counts as wrong.
+    """
+    correct_PN = _check_correct(correct)
+    groups_PN = _check_groups(answer_groups, correct_PN)
     k = correct_PN.shape[1] if k is None else k
     if not 1 <= k <= correct_PN.shape[1]:
         raise ValueError(f"k must be in [1, {correct_PN.shape[1]}], got {k}")
-    result_P = np.zeros(len(answers), bool)
-    for p, row in enumerate(answers):
-        counts: dict[str, int] = {}
-        first: dict[str, int] = {}
-        for j, answer in enumerate(row[:k]):
-            if answer is None:
+    result_P = np.zeros(len(groups_PN), bool)
+    for p, row in enumerate(groups_PN[:, :k].tolist()):
+        counts: dict[int, int] = {}
+        first: dict[int, int] = {}
+        for j, group in enumerate(row):
+            if group == NO_ANSWER:
                 continue
-            key = rewards.normalize_answer(answer).replace(" ", "")
-            counts[key] = counts.get(key, 0) + 1
-            first.setdefault(key, j)
+            counts[group] = counts.get(group, 0) + 1
+            first.setdefault(group, j)
         if counts:
-            # max() keeps the first maximal key in insertion order, i.e. the earliest answer.
+            # max() keeps the first maximal key in insertion order, i.e. the earliest group.
             winner = max(counts, key=counts.__getitem__)
             result_P[p] = correct_PN[p, first[winner]]
     return result_P
 
 
-def maj_at_k(answers: Sequence[Sequence[str | None]], correct, k: int | None = None) -> float:
+def maj_at_k(answer_groups, correct, k: int | None = None) -> float:
     """maj@k averaged over problems; see `majority_correct`."""
-    return float(majority_correct(answers, correct, k).mean())
+    return float(majority_correct(answer_groups, correct, k).mean())
 
 
-def answered_rate(
-    answers: Sequence[Sequence[str | None]], num_samples: int | None = None
-) -> tuple[float, float]:
-    """Format rate: the fraction of samples with an extracted answer, and its SE over problems.
+def answered_rate(answer_groups) -> tuple[float, float]:
+    """Format rate: the fraction of samples with an answer that counts, and its SE over problems.
 
-    `answers` [P][k] (None where a sample has no answer). Tracked apart from accuracy because a
-    small model's reward is often zero for lack of a final answer, not for a wrong one.
+    `answer_groups` [P, k] int (NO_ANSWER where a sample has none). Tracked apart from accuracy
+    because a small model's reward is often zero for lack of a final answer, not a wrong one.
     """
-    if not answers or any(len(row) != len(answers[0]) for row in answers) or not answers[0]:
-        raise ValueError("answers must be [P][k] with P, k >= 1 and the same k for every problem")
-    if num_samples is not None and len(answers[0]) != num_samples:
-        raise ValueError(
-            f"answers have {len(answers[0])} samples per problem, expected {num_samples}"
-        )
-    return mean_and_se([np.mean([a is not None for a in row]) for row in answers])
+    groups_PK = np.asarray(answer_groups)
+    if groups_PK.ndim != 2 or 0 in groups_PK.shape:
+        raise ValueError(f"answer_groups must be [P, k] with P, k >= 1, got {groups_PK.shape}")
+    return mean_and_se((groups_PK != NO_ANSWER).mean(axis=1))
 
 
 def group_breakdown(values, groups: Sequence[Hashable]) -> dict[Hashable, tuple[float, float, int]]:
@@ -147,7 +226,7 @@ def _key_part(value: Hashable) -> str:
 def summarize(
     correct,
     *,
-    answers: Sequence[Sequence[str | None]] | None = None,
+    answer_groups=None,
     groups: Mapping[str, Sequence[Hashable]] | None = None,
     pass_ks: Sequence[int] = (1,),
     prefix: str = "eval",
@@ -155,7 +234,8 @@ def summarize(
     """Flat metrics dict from `correct` [P, k] bool.
 
     Keys: `{prefix}/avg@k`, `{prefix}/avg@k_se`, `{prefix}/pass@j` for j in `pass_ks` (j <= k),
-    `{prefix}/maj@k` and `{prefix}/answered` (± `_se`) when `answers` [P][k] is given,
+    `{prefix}/maj@k` and `{prefix}/answered` (± `_se`) when `answer_groups` [P, k] (from
+    `majority_groups`) is given,
     `{prefix}/problems`, `{prefix}/samples`; and
     per group, e.g. groups={"level": levels [P]}: `{prefix}/level_3/avg@k`, `..._se`, `.../problems`.
     """
@@ -168,11 +248,10 @@ def summarize(
         if j > k:
             raise ValueError(f"pass@{j} needs at least {j} samples per problem, got {k}")
         summary[f"{prefix}/pass@{j}"] = float(pass_at_k_per_problem(correct_PK, j).mean())
-    if answers is not None:
-        summary[f"{prefix}/maj@{k}"] = maj_at_k(answers, correct_PK)
-        summary[f"{prefix}/answered"], summary[f"{prefix}/answered_se"] = answered_rate(
-            answers, num_samples=k
-        )
+    if answer_groups is not None:
+        groups_PK = _check_groups(answer_groups, correct_PK)
+        summary[f"{prefix}/maj@{k}"] = maj_at_k(groups_PK, correct_PK)
+        summary[f"{prefix}/answered"], summary[f"{prefix}/answered_se"] = answered_rate(groups_PK)
     for name, labels in (groups or {}).items():
         for group, (mean, se, count) in group_breakdown(accuracy_P, labels).items():
             key = f"{prefix}/{_key_part(name)}_{_key_part(group)}"
@@ -181,16 +260,31 @@ def summarize(
     return summary
 
 
+@dataclasses.dataclass(frozen=True)
+class ScoredSamples:
+    """The graded completions [P][k] of one split."""
+
+    correct_PK: np.ndarray  # bool; a truncated sample is never correct
+    groups_PK: np.ndarray  # int64 majority-vote groups (`majority_groups`); truncated: NO_ANSWER
+    records: list[dict]  # one per sample, for samples.jsonl
+    grader_counts: dict[str, float]  # grader_timeouts, grader_errors, maj_grader_timeouts, ...
+
+
 def score_completions(
     grader: "rewards.Grader",
     problem_ids: Sequence[str],
     completions: Sequence[Sequence[str]],
     references: Sequence[str],
-) -> tuple[np.ndarray, list[list[str | None]], list[dict], dict[str, float]]:
-    """Grade completions [P][k] against references [P] in one batch.
+    truncated,
+    *,
+    answer_style: str,
+) -> ScoredSamples:
+    """Grade completions [P][k] against references [P]; `truncated` [P, k] bool marks samples
+    cut at the token limit.
 
-    Returns correct [P, k] bool, extracted answers [P][k], per-sample records (problem_id,
-    sample, completion, extracted_answer, correct) and the grader's stats.
+    Each record holds problem_id, sample, completion, extracted_answer (as found, truncated or
+    not), truncated, judgment (`rewards.JUDGMENTS`: a grader timeout reads "timeout", not
+    "wrong") and correct.
     """
     if not len(problem_ids) == len(completions) == len(references):
         raise ValueError(
@@ -200,25 +294,49 @@ def score_completions(
     k = len(completions[0]) if completions else 0
     if any(len(row) != k for row in completions):
         raise ValueError("every problem needs the same number of completions")
+    truncated_PK = np.asarray(truncated, bool)
+    if truncated_PK.shape != (len(completions), k):
+        raise ValueError(
+            f"truncated must be [P, k] = {(len(completions), k)}, got {truncated_PK.shape}"
+        )
     flat = [text for row in completions for text in row]
-    rewards_B, stats = grader.grade(flat, [ref for ref in references for _ in range(k)])
-    correct_PK = rewards_B.reshape(len(completions), k) > 0.5
-    answers = [[rewards.extract_answer(text) for text in row] for row in completions]
+    judgments = grader.judge(
+        flat, [ref for ref in references for _ in range(k)], answer_style=answer_style
+    )
+    rewards_B = np.array([judgment == "correct" for judgment in judgments], np.float32)
+    correct_PK = rewards.zero_truncated(rewards_B, truncated_PK.reshape(-1)) > 0.5
+    correct_PK = correct_PK.reshape(truncated_PK.shape)
+    extracted = [
+        [rewards.extract_answer(t, answer_style=answer_style) for t in row] for row in completions
+    ]
+    # A truncated sample's last closed box is not its final answer, so it casts no vote.
+    answers = [
+        [None if cut else answer for answer, cut in zip(row, cuts, strict=True)]
+        for row, cuts in zip(extracted, truncated_PK.tolist(), strict=True)
+    ]
+    groups_PK, maj_counts = majority_groups(grader, answers, correct_PK)
     records = [
         {
             "problem_id": problem_ids[p],
             "sample": j,
             "completion": completions[p][j],
-            "extracted_answer": answers[p][j],
+            "extracted_answer": extracted[p][j],
+            "truncated": bool(truncated_PK[p, j]),
+            "judgment": judgments[p * k + j],
             "correct": bool(correct_PK[p, j]),
         }
         for p in range(len(completions))
         for j in range(k)
     ]
-    return correct_PK, answers, records, stats
+    grader_counts = {
+        "grader_timeouts": float(judgments.count("timeout")),
+        "grader_errors": float(judgments.count("error")),
+        **maj_counts,
+    }
+    return ScoredSamples(correct_PK, groups_PK, records, grader_counts)
 
 
-_RECORD_FIELDS = ("problem_id", "completion", "extracted_answer", "correct")
+_RECORD_FIELDS = ("problem_id", "completion", "extracted_answer", "judgment", "correct")
 
 
 def write_eval_outputs(
@@ -226,8 +344,8 @@ def write_eval_outputs(
 ) -> tuple[str, str]:
     """Write `samples.jsonl` (one record per sample) and `summary.json` under `outdir`.
 
-    Each record needs at least problem_id, completion, extracted_answer and correct; other keys
-    are kept. Returns the two paths. Files are written whole, then renamed into place.
+    Each record needs at least problem_id, completion, extracted_answer, judgment and correct;
+    other keys are kept. Returns the two paths. Files are written whole, then renamed into place.
     """
     for i, record in enumerate(records):
         missing = [field for field in _RECORD_FIELDS if field not in record]
@@ -244,13 +362,16 @@ def write_eval_outputs(
     return samples_path, summary_path
 
 
+_COUNT_KEYS = ("/problems", "/samples", "_timeouts", "_errors")
+
+
 def format_table(summary: Mapping[str, float]) -> str:
     """Summary as an aligned two-column text table; `x_se` is shown beside `x` as `± se`."""
     rows = []
     for key, value in summary.items():
         if key.endswith("_se"):
             continue
-        text = f"{value:.0f}" if key.endswith(("/problems", "/samples")) else f"{value:.4f}"
+        text = f"{value:.0f}" if key.endswith(_COUNT_KEYS) else f"{value:.4f}"
         if f"{key}_se" in summary:
             text += f" ± {summary[key + '_se']:.4f}"
         rows.append((key, text))

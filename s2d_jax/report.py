@@ -59,6 +59,40 @@ def results_table(rows, summaries: dict, labeled: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+GRADING_COLUMNS = (
+    ("truncated", "truncated"),
+    ("grader_timeouts", "grader timeouts"),
+    ("grader_errors", "grader errors"),
+    ("maj_grader_timeouts", "maj@k timeouts"),
+    ("maj_grader_errors", "maj@k errors"),
+)
+
+
+def grading_table(rows, summaries: dict) -> str:
+    """Markdown: per arm and eval split, the truncated share (scored 0) and the grader's
+    timeouts and errors (also scored 0), so that a low avg@k can be told from a broken grader."""
+    columns = _eval_columns({stage: summaries.get(stage, {}) for _, stage in rows})
+    splits = list(dict.fromkeys(split for split, _ in columns))
+    header = ["arm", "split", *[title for _, title in GRADING_COLUMNS]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, stage in rows:
+        summary = summaries.get(stage, {})
+        for split in splits:
+            if f"eval/{split}/problems" not in summary:
+                continue
+            cells = [label, split]
+            for name, _ in GRADING_COLUMNS:
+                value = summary.get(f"eval/{split}/{name}")
+                if value is None:
+                    cells.append("n/a")
+                elif name == "truncated":
+                    cells.append(f"{100 * value:.1f}%")
+                else:
+                    cells.append(f"{value:.0f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def kl_table(summaries: dict) -> str:
     """Condition C2: teacher-student KL on teacher rollouts before and after each warmup stage."""
     lines = [
@@ -111,6 +145,14 @@ def write_report(workdir: Path, rows_text: str, summaries: dict, labeled: dict[s
     """Write report.md and curves.png into the run directory; return the markdown."""
     rows = parse_rows(rows_text) or [(name, name) for name in summaries]
     parts = ["# Results", "", results_table(rows, summaries, labeled)]
+    grading = grading_table(rows, summaries)
+    if grading:
+        parts += [
+            "",
+            "## Grading: truncated samples and grader failures (all scored 0)",
+            "",
+            grading,
+        ]
     kl = kl_table(summaries)
     if kl:
         parts += [

@@ -1,15 +1,25 @@
 r"""Math answer grading: extract the final answer from model text and check it against a reference.
 
-    rewards.extract_answer(text)                          # last \boxed{..}/\fbox{..} or "#### N"
-    rewards.math_reward(response, reference)              # 1.0 / 0.0, one comparison
+    rewards.extract_answer(text, answer_style="boxed")    # last \boxed{..}/\fbox{..}
+    rewards.extract_answer(text, answer_style="gsm8k")    # ... or a later "#### N"
+    rewards.math_reward(response, reference)              # 1.0 / 0.0, one comparison, "boxed"
     with rewards.Grader(workers=2, timeout_s=5.0) as grader:
-        rewards_B, stats = grader.grade(responses, references)   # a rollout batch, [B] float32
-    rewards.batch_reward(responses, references, workers=2)       # the same with a one-off pool
+        rewards_B, stats = grader.grade(responses, references, answer_style="boxed")  # [B] float32
+        judgments = grader.judge(responses, references, answer_style="boxed")  # one per response
+        verdicts = grader.equivalent([(answer, other_answer), ...])  # grading_pool.OUTCOMES
+    rewards.batch_reward(responses, references, answer_style="boxed", workers=2)  # one-off pool
+
+Answer styles (`ANSWER_STYLES`): "boxed" (MATH, AIME, the toy) reads only the last box, so a
+`#### 3` line after `\boxed{204}` does not replace the answer; "gsm8k" also reads GSM8K's final
+`#### N` line, whichever of the two comes last.
 
 Order of checks per response: no extracted answer -> 0.0 ("reward/no_answer", no worker round
 trip); answer longer than `max_answer_chars` -> 0.0 ("reward/too_long"); equal strings after
 `normalize_answer` -> 1.0; otherwise math-verify in a worker process (`grading_pool`), where an
-overrun ("reward/timeouts") or an exception ("reward/errors") gives 0.0.
+overrun ("reward/timeouts") or an exception ("reward/errors") gives 0.0. `judge` keeps these
+reasons per response (`JUDGMENTS`), so a timeout stays distinguishable from a wrong answer.
+A rollout cut at the token limit scores 0 whatever it boxed (`zero_truncated`), in training and
+evaluation alike.
 
 Model text is untrusted. What math-verify 0.9.0 / latex2sympy2_extended 1.11.0 do with strings,
 read from their source:
@@ -34,6 +44,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from s2d_jax.grading_pool import VerifierPool
+
+ANSWER_STYLES = ("boxed", "gsm8k")
+# What `Grader.judge` says of one response; "correct" is the only one that earns reward.
+JUDGMENTS = ("correct", "wrong", "no_answer", "too_long", "timeout", "error")
+_STAT_OF_JUDGMENT = {
+    "no_answer": "reward/no_answer",
+    "too_long": "reward/too_long",
+    "timeout": "reward/timeouts",
+    "error": "reward/errors",
+}
 
 # GSM8K's final line, "#### 1,234". The number is required (model text also has markdown
 # "#### Step 2" headings). The pattern has no nested quantifiers, so matching stays linear.
@@ -66,19 +86,32 @@ def _box_content(text: str, start: int, command: str) -> str | None:
     return match.group(1).rstrip(".,;:") if match else None
 
 
-def extract_answer(text: str) -> str | None:
-    r"""The final answer in `text`: the last `\boxed{...}`, `\fbox{...}` or GSM8K `#### N`.
+def check_answer_style(answer_style: str) -> str:
+    """`answer_style` itself, or a ValueError naming it when it is not one of `ANSWER_STYLES`."""
+    if answer_style not in ANSWER_STYLES:
+        raise ValueError(f"answer_style must be one of {ANSWER_STYLES}, got {answer_style!r}")
+    return answer_style
 
-    Whichever marker comes last wins. Nested braces are matched; `\{`/`\}` do not count. An
-    unclosed or empty last box gives None (a truncated answer is not an answer), as does text
-    without any marker. Linear in `len(text)`.
+
+def _last_gsm8k_answer(text: str) -> re.Match | None:
+    last = None
+    for last in _GSM8K_ANSWER.finditer(text):  # noqa: B007 - we want the last match
+        pass
+    return last
+
+
+def extract_answer(text: str, *, answer_style: str) -> str | None:
+    r"""The final answer in `text`: the last `\boxed{...}` or `\fbox{...}`; with
+    answer_style "gsm8k" also GSM8K's `#### N` line, whichever marker comes last.
+
+    Nested braces are matched; `\{`/`\}` do not count. An unclosed or empty last box gives None
+    (a truncated answer is not an answer), as does text without any marker. Linear in `len(text)`.
     """
     if not isinstance(text, str):
         raise TypeError(f"extract_answer expects model text as str, got {type(text).__name__}")
+    check_answer_style(answer_style)
     box_start, box_command = max((text.rfind(c), c) for c in _BOX_COMMANDS)
-    gsm_match = None
-    for gsm_match in _GSM8K_ANSWER.finditer(text):  # noqa: B007 - we want the last match
-        pass
+    gsm_match = _last_gsm8k_answer(text) if answer_style == "gsm8k" else None
     if gsm_match is not None and gsm_match.start() > box_start:
         answer = gsm_match.group(1)
     elif box_start >= 0:
@@ -168,49 +201,94 @@ class Grader:
         """Start the worker processes now (with `wait`, until they are ready)."""
         self._pool.start(wait=wait)
 
+    def equivalent(self, pairs: Sequence[tuple[str, str]]) -> list[str]:
+        """Whether each (answer, answer) pair of extracted answers is the same value: one
+        `grading_pool.OUTCOMES` entry per pair ("correct" = equivalent), under the time limit.
+
+        An answer longer than `max_answer_chars` is never compared (as in `grade`): "wrong".
+        """
+        comparable = [max(len(a), len(b)) <= self.max_answer_chars for a, b in pairs]
+        verdicts = self._compare([pair for pair, ok in zip(pairs, comparable, strict=True) if ok])[
+            0
+        ]
+        ordered = iter(verdicts)
+        return [next(ordered) if ok else "wrong" for ok in comparable]
+
+    def judge(
+        self, responses: Sequence[str], references: Sequence[str], *, answer_style: str
+    ) -> list[str]:
+        """One `JUDGMENTS` entry per response: why it earns its reward (see the module docstring)."""
+        return self._judge(responses, references, answer_style)[0]
+
     def grade(
-        self, responses: Sequence[str], references: Sequence[str]
+        self, responses: Sequence[str], references: Sequence[str], *, answer_style: str
     ) -> tuple[np.ndarray, dict[str, float]]:
         """Rewards [B] float32 in {0, 1} for B responses against B reference answers, and stats.
 
         A reference is a bare final answer (e.g. "\\frac{1}{2}", "18"), not a worked solution.
         """
+        judgments, verifier_calls = self._judge(responses, references, answer_style)
+        rewards_B = np.array([j == "correct" for j in judgments], np.float32)
+        stats = {name: float(judgments.count(j)) for j, name in _STAT_OF_JUDGMENT.items()}
+        stats["reward/verifier_calls"] = float(verifier_calls)
+        stats["reward/mean"] = float(rewards_B.mean()) if len(rewards_B) else 0.0
+        return rewards_B, stats
+
+    def _judge(
+        self, responses: Sequence[str], references: Sequence[str], answer_style: str
+    ) -> tuple[list[str], int]:
+        """Judgments per response, and how many comparisons went to a worker."""
         if len(responses) != len(references):
             raise ValueError(
                 f"got {len(responses)} responses but {len(references)} references; "
                 "expected one reference answer per response"
             )
-        rewards_B = np.zeros(len(responses), np.float32)
-        counts = dict.fromkeys(("no_answer", "too_long", "timeouts", "errors"), 0)
+        judgments: list[str] = []
         pairs, indices = [], []
         for i, (response, reference) in enumerate(zip(responses, references, strict=True)):
             if not isinstance(reference, str) or not reference.strip():
                 raise ValueError(f"reference {i} must be a non-empty answer string: {reference!r}")
-            answer = extract_answer(response)
+            answer = extract_answer(response, answer_style=answer_style)
             if answer is None:
-                counts["no_answer"] += 1
+                judgments.append("no_answer")
             elif len(answer) > self.max_answer_chars:
-                counts["too_long"] += 1
-            elif _same_string(normalize_answer(answer), normalize_answer(reference)):
-                rewards_B[i] = 1.0
+                judgments.append("too_long")
             else:
-                pairs.append((normalize_answer(answer), normalize_answer(reference)))
+                judgments.append("")  # settled by the comparison below
+                pairs.append((answer, reference))
                 indices.append(i)
-        outcomes = self._pool.verify(pairs) if pairs else []
-        for i, outcome in zip(indices, outcomes, strict=True):
-            rewards_B[i] = float(outcome == "correct")
-        counts["timeouts"] = outcomes.count("timeout")
-        counts["errors"] = outcomes.count("error")
-        stats = {f"reward/{name}": float(n) for name, n in counts.items()}
-        stats["reward/verifier_calls"] = float(len(pairs))
-        stats["reward/mean"] = float(rewards_B.mean()) if len(rewards_B) else 0.0
-        return rewards_B, stats
+        verdicts, verifier_calls = self._compare(pairs)
+        for i, verdict in zip(indices, verdicts, strict=True):
+            judgments[i] = verdict
+        return judgments, verifier_calls
+
+    def _compare(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[str], int]:
+        """Outcomes per pair: equal strings after `normalize_answer` settle without a worker."""
+        normalized = [(normalize_answer(a), normalize_answer(b)) for a, b in pairs]
+        verdicts = ["correct" if _same_string(a, b) else "" for a, b in normalized]
+        unsettled = [i for i, verdict in enumerate(verdicts) if not verdict]
+        outcomes = self._pool.verify([normalized[i] for i in unsettled]) if unsettled else []
+        for i, outcome in zip(unsettled, outcomes, strict=True):
+            verdicts[i] = outcome
+        return verdicts, len(unsettled)
+
+
+def zero_truncated(rewards_B: np.ndarray, truncated_B: np.ndarray) -> np.ndarray:
+    """Rewards [B] with every rollout cut at the token limit set to 0 (the paper's rule): its
+    last closed box was written before the model finished, so it is not the final answer."""
+    rewards_B, truncated_B = np.asarray(rewards_B), np.asarray(truncated_B, bool)
+    if rewards_B.shape != truncated_B.shape:
+        raise ValueError(
+            f"rewards {rewards_B.shape} and truncated {truncated_B.shape} must match in shape"
+        )
+    return np.where(truncated_B, 0.0, rewards_B).astype(rewards_B.dtype)
 
 
 def batch_reward(
     responses: Sequence[str],
     references: Sequence[str],
     *,
+    answer_style: str,
     workers: int = 2,
     timeout_s: float = 5.0,
 ) -> tuple[np.ndarray, dict[str, float]]:
@@ -219,14 +297,16 @@ def batch_reward(
     Pays process start-up (about a second) per call; a training loop should keep a `Grader`.
     """
     with Grader(workers, timeout_s) as grader:
-        return grader.grade(responses, references)
+        return grader.grade(responses, references, answer_style=answer_style)
 
 
 def math_reward(response: str, reference: str, *, timeout_s: float = 5.0) -> float:
     """1.0 if the final answer in `response` is equivalent to `reference`, else 0.0.
 
-    Runs the same checks as `Grader.grade`; only a case the string screen cannot settle starts a
-    worker process.
+    Grades in the MATH/AIME style ("boxed": a `#### N` line is not an answer). Runs the same
+    checks as `Grader.grade`; only a case the string screen cannot settle starts a worker process.
     """
-    rewards_B, _ = batch_reward([response], [reference], workers=1, timeout_s=timeout_s)
+    rewards_B, _ = batch_reward(
+        [response], [reference], answer_style="boxed", workers=1, timeout_s=timeout_s
+    )
     return float(rewards_B[0])

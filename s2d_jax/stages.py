@@ -93,14 +93,14 @@ def _score(ctx, cfg, params, batch) -> np.ndarray:
     return placement.to_host(train.score_tokens(cfg, params, tokens, mask))
 
 
-def grade_own_rows(grader, texts: list[str], references: list[str]):
+def grade_own_rows(grader, texts: list[str], references: list[str], answer_style: str):
     """`grader.grade` with the rows split over processes: each grades its `process_rows`, and
     the rewards [B] and the stats (counts, summed; the mean reward) are gathered back."""
     n = jax.process_count()
     if n == 1 or len(texts) % n:
-        return grader.grade(texts, references)
+        return grader.grade(texts, references, answer_style=answer_style)
     mine = sh.process_rows(len(texts))
-    rewards_b, stats = grader.grade(texts[mine], references[mine])
+    rewards_b, stats = grader.grade(texts[mine], references[mine], answer_style=answer_style)
     rewards_B = np.asarray(multihost_utils.process_allgather(rewards_b, tiled=True))
     keys = sorted(k for k in stats if k != "reward/mean")
     totals = multihost_utils.process_allgather(np.array([stats[k] for k in keys])).sum(0)
@@ -132,6 +132,7 @@ def grpo_batches(ctx, stage, policy, teacher):
     # pi_ref is the stage's starting point (paper §2.1), frozen: held in the compute dtype.
     ref_params = frozen_copy(cfg, policy.params) if stage.grpo.kl_coef > 0 else None
     sampling = stage.sampling
+    answer_style = ctx.task.answer_style(stage.data)
 
     def make_batch(params, step):
         idx = batch_indices(ctx, stage, len(pool), step)
@@ -139,10 +140,13 @@ def grpo_batches(ctx, stage, policy, teacher):
         rollout, stats = _sample(ctx, cfg, params, prompts, sampling, seed + step + 1, G)
         texts = rollouts.completion_texts(rollout, ctx.task.tokenizer)
         references = [pool[i]["answer"] for i in idx for _ in range(G)]
-        rewards_B, reward_stats = grade_own_rows(ctx.grader, texts, references)
-        correct_B = np.where(np.asarray(rollout.truncated), 0.0, rewards_B)  # truncated: 0
-        answered_B = np.array([rewards.extract_answer(t) is not None for t in texts])
-        answered_B &= ~np.asarray(rollout.truncated)
+        rewards_B, reward_stats = grade_own_rows(ctx.grader, texts, references, answer_style)
+        truncated_B = np.asarray(rollout.truncated)
+        correct_B = rewards.zero_truncated(rewards_B, truncated_B)
+        answered_B = np.array(
+            [rewards.extract_answer(t, answer_style=answer_style) is not None for t in texts]
+        )
+        answered_B &= ~truncated_B
         rewards_B = np.maximum(correct_B, stage.grpo.format_reward * answered_B)
         batch = rollouts.rollout_batch(rollout)
         batch["advantages"] = np.asarray(
@@ -255,24 +259,31 @@ def evaluate_policy(ctx, cfg, params, out_dir: Path | None, tag: str) -> dict:
             completions += [texts[i : i + e.samples] for i in range(0, len(texts), e.samples)]
             lengths.append(np.asarray(rollout.lengths))
             truncated.append(np.asarray(rollout.truncated))
-        correct_PK, answers, records, _ = evaluate.score_completions(
-            ctx.grader, [ex["id"] for ex in pool], completions, [ex["answer"] for ex in pool]
+        truncated_PK = np.concatenate(truncated).reshape(len(pool), e.samples)
+        scored = evaluate.score_completions(
+            ctx.grader,
+            [ex["id"] for ex in pool],
+            completions,
+            [ex["answer"] for ex in pool],
+            truncated_PK,
+            answer_style=ctx.task.answer_style(split),
         )
         levels = [ex["level"] for ex in pool]
         summary = evaluate.summarize(
-            correct_PK,
-            answers=answers,
+            scored.correct_PK,
+            answer_groups=scored.groups_PK,
             groups={"level": levels} if max(levels) >= 0 else None,
             pass_ks=sorted({1, e.samples}),
             prefix=f"eval/{split}",
         )
-        # Completion length in tokens, and the fraction cut at max_new_tokens (graded 0 unless an
-        # answer came first): what GRPO moves first on a model that rambles.
+        summary |= {f"eval/{split}/{name}": n for name, n in scored.grader_counts.items()}
+        # Completion length in tokens, and the fraction cut at max_new_tokens (graded 0, as in
+        # training): what GRPO moves first on a model that rambles.
         summary[f"eval/{split}/length"] = float(np.concatenate(lengths).mean())
-        summary[f"eval/{split}/truncated"] = float(np.concatenate(truncated).mean())
+        summary[f"eval/{split}/truncated"] = float(truncated_PK.mean())
         if out_dir is not None and jax.process_index() == 0:
             evaluate.write_eval_outputs(
-                str(Path(out_dir) / f"eval_{tag}" / split), records, summary
+                str(Path(out_dir) / f"eval_{tag}" / split), scored.records, summary
             )
         results.update(summary)
     return results

@@ -58,9 +58,8 @@ class Task:
     def arith_config(self) -> toy_arith.ArithConfig:
         return toy_arith.ArithConfig(**self.cfg.arith)
 
-    @functools.cache  # noqa: B019 (a Task lives for one run; pools are reused by every stage)
-    def pool(self, name: str) -> tuple[dict, ...]:
-        """The examples of a pool name (see the module docstring)."""
+    def _resolve(self, name: str) -> tuple[str, str, str | None]:
+        """(dataset, split, half or None) of a pool name (see the module docstring)."""
         base, half = name, None
         if name.endswith(("_1h", "_2h")):
             base, half = name[:-3], name[-2:].upper()
@@ -76,6 +75,23 @@ class Task:
                 f"unknown data pool {name!r}; splits of {self.cfg.name}: {own_splits}, other "
                 f"datasets: {sorted(datasets.SPLITS)} (append _1h/_2h for a half)"
             )
+        return dataset, split, half
+
+    def answer_style(self, name: str) -> str:
+        """How completions on a pool state their final answer (`rewards.ANSWER_STYLES`).
+
+        GSM8K solutions end in `#### N`, and so does a math_train file read with the GSM8K column
+        layout; every other pool (MATH, AIME, the toy) boxes its answer, and there a later
+        `#### N` line is not an answer.
+        """
+        dataset, _, _ = self._resolve(name)
+        gsm8k_file = dataset == "math_train" and self.cfg.train_columns == "gsm8k"
+        return "gsm8k" if dataset == "gsm8k" or gsm8k_file else "boxed"
+
+    @functools.cache  # noqa: B019 (a Task lives for one run; pools are reused by every stage)
+    def pool(self, name: str) -> tuple[dict, ...]:
+        """The examples of a pool name (see the module docstring)."""
+        dataset, split, half = self._resolve(name)
         examples = self._load(dataset, split)
         if half is not None:
             examples = datasets.half_split(examples, half, seed=self.cfg.split_seed)

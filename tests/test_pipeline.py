@@ -1,5 +1,7 @@
 """The four-stage pipeline end to end on the toy task, plus its failure behaviour."""
 
+import json
+
 import numpy as np
 import pytest
 from conftest import fake_grader, shrink_config
@@ -36,9 +38,18 @@ def test_every_stage_kind_runs_two_steps(toy_run):
         assert "eval/test/avg@2" in summaries[name]
         assert 0 < summaries[name]["eval/test/length"] <= 12  # shrink_config's new_tokens
         assert 0 <= summaries[name]["eval/test/truncated"] <= 1
+        samples = workdir / name / "eval_final" / "test" / "samples.jsonl"
+        records = [json.loads(line) for line in samples.read_text().splitlines()]
+        cut = [r["truncated"] for r in records]
+        assert summaries[name]["eval/test/truncated"] == pytest.approx(np.mean(cut))
+        assert not any(r["correct"] for r in records if r["truncated"])
+        timeouts = sum(r["judgment"] == "timeout" for r in records)
+        assert summaries[name]["eval/test/grader_timeouts"] == timeouts
+        assert "eval/test/grader_errors" in summaries[name]
     assert "grpo/reward" in metrics.read_metrics(workdir / "teacher_grpo")[0]
     assert "c2/forward_before" in summaries["fkl"]
     assert (workdir / "report.md").read_text().count("|") > 10
+    assert "| grader timeouts |" in (workdir / "report.md").read_text()
     assert (workdir / "curves.png").stat().st_size > 1000
     assert list((workdir / "teacher_grpo" / "tensorboard").iterdir())
 
@@ -170,7 +181,7 @@ def test_format_reward_pays_extractable_wrong_answers(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rewards, "Grader", fake_grader(lambda text: 0.0))  # all wrong
     monkeypatch.setattr(
-        stages.rewards, "extract_answer", lambda t: "7" if len(t) % 2 == 0 else None
+        stages.rewards, "extract_answer", lambda t, answer_style: "7" if len(t) % 2 == 0 else None
     )
     config = _toy(keep_stages=("teacher_grpo",))
     config.stages.teacher_grpo.init_from = "base"

@@ -56,9 +56,6 @@ def fast_grader():
         (r"\boxed 42.", "42"),
         (r"\fbox{7}", "7"),
         (r"\boxed{1} and \fbox{2}", "2"),
-        ("Total 9 * 2 = 18.\n#### 18", "18"),
-        ("#### 1,234\n", "1,234"),
-        ("#### $5", "$5"),
         ("\\boxed{3}\n#### Step 2: check", "3"),  # a markdown heading is not an answer
         ("#### 4\n\\boxed{5}", "5"),
         (r"\boxed{5", None),  # truncated
@@ -69,13 +66,34 @@ def fast_grader():
         ("", None),
     ],
 )
-def test_extract_answer(text, expected):
-    assert rewards.extract_answer(text) == expected
+@pytest.mark.parametrize("answer_style", rewards.ANSWER_STYLES)
+def test_extract_answer(text, expected, answer_style):
+    assert rewards.extract_answer(text, answer_style=answer_style) == expected
+
+
+@pytest.mark.parametrize(
+    "text, boxed, gsm8k",
+    [
+        ("Total 9 * 2 = 18.\n#### 18", None, "18"),
+        ("#### 1,234\n", None, "1,234"),
+        ("#### $5", None, "$5"),
+        ("So \\boxed{204}.\n#### 3", "204", "3"),  # the later marker wins only for GSM8K
+        ("#### 3\nSo \\boxed{204}.", "204", "204"),
+    ],
+)
+def test_extract_answer_reads_the_gsm8k_marker_only_in_gsm8k_style(text, boxed, gsm8k):
+    assert rewards.extract_answer(text, answer_style="boxed") == boxed
+    assert rewards.extract_answer(text, answer_style="gsm8k") == gsm8k
+
+
+def test_extract_answer_rejects_an_unknown_style():
+    with pytest.raises(ValueError, match="answer_style must be one of .* got 'math'"):
+        rewards.extract_answer(r"\boxed{1}", answer_style="math")
 
 
 def test_extract_answer_rejects_non_text():
     with pytest.raises(TypeError, match="str"):
-        rewards.extract_answer(None)
+        rewards.extract_answer(None, answer_style="boxed")
 
 
 @pytest.mark.parametrize(
@@ -90,9 +108,10 @@ def test_extract_answer_rejects_non_text():
         ("backslashes", "\\" * 2**20 + r"\boxed{2}"),
     ],
 )
-def test_extract_answer_is_fast_on_1mb(name, text):
+@pytest.mark.parametrize("answer_style", rewards.ANSWER_STYLES)
+def test_extract_answer_is_fast_on_1mb(name, text, answer_style):
     start = time.perf_counter()
-    rewards.extract_answer(text)
+    rewards.extract_answer(text, answer_style=answer_style)
     assert time.perf_counter() - start < 2.0, name
 
 
@@ -150,7 +169,6 @@ EQUIVALENT = [
     (r"\boxed{(x+1)^2}", "x^2+2x+1"),
     (r"\boxed{2\sqrt{2}}", r"\sqrt{8}"),
     (r"\boxed{\text{(C)}}", "C"),
-    ("#### 1,234", "1234"),
     (r"\boxed 5", "5"),
     (r"\fbox{7}", "7"),
 ]
@@ -176,7 +194,8 @@ NOT_EQUIVALENT = [
 
 def test_equivalence_table(grader):
     table = [(r, a, 1.0) for r, a in EQUIVALENT] + [(r, a, 0.0) for r, a in NOT_EQUIVALENT]
-    rewards_B, stats = grader.grade([r for r, _, _ in table], [a for _, a, _ in table])
+    responses, references = [r for r, _, _ in table], [a for _, a, _ in table]
+    rewards_B, stats = grader.grade(responses, references, answer_style="boxed")
     assert rewards_B.dtype == np.float32 and rewards_B.shape == (len(table),)
     wrong = [
         (r, a, want) for (r, a, want), got in zip(table, rewards_B, strict=True) if got != want
@@ -193,11 +212,49 @@ def test_math_reward():
     assert rewards.math_reward("no answer here", "4") == 0.0
 
 
+def test_math_and_aime_answers_ignore_a_later_gsm8k_line(grader):
+    """A MATH/AIME completion boxes its answer, then prints a stray `#### 3` line."""
+    text = "The count is $\\boxed{204}$.\n#### 3"
+    assert rewards.math_reward(text, "204") == 1.0
+    assert rewards.math_reward(text, "3") == 0.0
+    rewards_B, _ = grader.grade([text, text], ["204", "3"], answer_style="boxed")
+    assert rewards_B.tolist() == [1.0, 0.0]
+    rewards_B, _ = grader.grade([text, text], ["204", "3"], answer_style="gsm8k")
+    assert rewards_B.tolist() == [0.0, 1.0]  # GSM8K's own final line is the answer there
+
+
+def test_judge_tells_each_reason_apart(fast_grader):
+    fast_grader.start()
+    responses = [r"\boxed{9^{9^{9^{9}}}}", r"\boxed{2}", "no box", r"\boxed{0.5}", r"\boxed{12}"]
+    references = ["1", "3", "1", r"\frac12", "12"]
+    judgments = fast_grader.judge(responses, references, answer_style="boxed")
+    assert judgments == ["timeout", "wrong", "no_answer", "correct", "correct"]
+    assert set(judgments) <= set(rewards.JUDGMENTS)
+
+
+def test_equivalent_compares_two_model_answers(grader):
+    pairs = [("0.5", r"\frac{1}{2}"), ("1,000", "1000"), ("2", "3"), (r"\dfrac{2}{4}", "0.5")]
+    assert grader.equivalent(pairs) == ["correct", "correct", "wrong", "correct"]
+    too_long = "1" * (grader.max_answer_chars + 1)
+    assert grader.equivalent([(too_long, too_long), ("1", "1.0")]) == ["wrong", "correct"]
+
+
+def test_zero_truncated():
+    rewards_B = np.array([1.0, 1.0, 0.0, 0.25], np.float32)
+    truncated_B = np.array([True, False, True, False])
+    scored_B = rewards.zero_truncated(rewards_B, truncated_B)
+    assert scored_B.tolist() == [0.0, 1.0, 0.0, 0.25] and scored_B.dtype == np.float32
+    with pytest.raises(ValueError, match=r"rewards \(4,\) and truncated \(3,\)"):
+        rewards.zero_truncated(rewards_B, truncated_B[:3])
+
+
 def test_grade_checks_its_inputs(grader):
     with pytest.raises(ValueError, match="2 responses but 1 references"):
-        grader.grade(["a", "b"], ["1"])
+        grader.grade(["a", "b"], ["1"], answer_style="boxed")
     with pytest.raises(ValueError, match="reference 0"):
-        grader.grade([r"\boxed{1}"], ["  "])
+        grader.grade([r"\boxed{1}"], ["  "], answer_style="boxed")
+    with pytest.raises(ValueError, match="got 'MATH'"):
+        grader.grade([r"\boxed{1}"], ["1"], answer_style="MATH")
 
 
 # MATH-500 rows whose reference solution's boxed answer is not graded equal to the `answer` field,
@@ -209,7 +266,8 @@ MATH500_EXCEPTIONS: dict[str, str] = {}
 def test_math500_reference_solutions_agree(grader):
     rows = _read_jsonl("math500.jsonl")
     assert len(rows) == 500
-    rewards_B, stats = grader.grade([r["solution"] for r in rows], [r["answer"] for r in rows])
+    solutions, references = [r["solution"] for r in rows], [r["answer"] for r in rows]
+    rewards_B, stats = grader.grade(solutions, references, answer_style="boxed")
     disagree = {r["unique_id"] for r, v in zip(rows, rewards_B, strict=True) if v != 1.0}
     assert disagree == set(MATH500_EXCEPTIONS)
     assert rewards_B.mean() >= 0.99
@@ -219,7 +277,10 @@ def test_math500_reference_solutions_agree(grader):
 def test_math500_agrees_through_math_verify_alone(grader):
     """The same rows without the string screen, and shifted by one row as negatives."""
     rows = _read_jsonl("math500.jsonl")
-    answers = [rewards.normalize_answer(rewards.extract_answer(r["solution"])) for r in rows]
+    answers = [
+        rewards.normalize_answer(rewards.extract_answer(r["solution"], answer_style="boxed"))
+        for r in rows
+    ]
     references = [rewards.normalize_answer(r["answer"]) for r in rows]
     shifted = references[1:] + references[:1]
     with grading_pool.VerifierPool(workers=2, timeout_s=5.0) as pool:
@@ -242,14 +303,14 @@ def test_gsm8k_answers(grader):
     rows = _read_jsonl("gsm8k_test.jsonl")
     numbers = [r["answer"].rsplit("\n", 1)[-1].removeprefix("#### ").replace(",", "") for r in rows]
     assert all(n.lstrip("-").isdigit() for n in numbers)
-    rewards_B, stats = grader.grade([r["answer"] for r in rows], numbers)
+    rewards_B, stats = grader.grade([r["answer"] for r in rows], numbers, answer_style="gsm8k")
     assert rewards_B.mean() == 1.0 and stats["reward/verifier_calls"] == 0
     # Model-style answers to the first rows, and off-by-one numbers as negatives.
     first = numbers[:40]
     styles = [rf"\boxed{{{n}}}" for n in first] + [rf"$\boxed{{\${int(n):,}.00}}$" for n in first]
-    rewards_B, _ = grader.grade(styles, first + first)
+    rewards_B, _ = grader.grade(styles, first + first, answer_style="gsm8k")
     assert rewards_B.mean() == 1.0
-    rewards_B, _ = grader.grade([f"#### {int(n) + 1}" for n in first], first)
+    rewards_B, _ = grader.grade([f"#### {int(n) + 1}" for n in first], first, answer_style="gsm8k")
     assert rewards_B.max() == 0.0
 
 
@@ -288,8 +349,9 @@ def test_injection_probes_never_execute(grader, tmp_path):
             responses += [wrapped, wrapped, r"\boxed{2}"]
             references += ["2", p, p]  # the payload as answer, as both, and as the reference
     for p in payloads:
-        rewards.normalize_answer(rewards.extract_answer(rf"\boxed{{{p}}}") or "")
-    rewards_B, _ = grader.grade(responses, references)
+        boxed = rf"\boxed{{{p}}}"
+        rewards.normalize_answer(rewards.extract_answer(boxed, answer_style="boxed") or "")
+    rewards_B, _ = grader.grade(responses, references, answer_style="gsm8k")  # reads `####` too
     assert not sentinel.exists()
     # Bypass the string screen too: every probe goes to math-verify in a worker.
     with grading_pool.VerifierPool(workers=2, timeout_s=5.0) as pool:
@@ -354,7 +416,7 @@ PATHOLOGICAL_PAIRS = [
 def test_pathological_inputs_return_within_limit(fast_grader, pair):
     fast_grader.start()  # a replacement from the previous case may still be starting
     start = time.perf_counter()
-    rewards_B, stats = fast_grader.grade(pair, ["1", "1"])
+    rewards_B, stats = fast_grader.grade(pair, ["1", "1"], answer_style="boxed")
     assert time.perf_counter() - start < fast_grader._pool.timeout_s + SLACK_S
     assert rewards_B.tolist() == [0.0, 0.0]
     assert stats["reward/verifier_calls"] == 2
@@ -369,7 +431,7 @@ def test_one_megabyte_responses_return_quickly(fast_grader):
         "#### " + "9" * 2**20,
     ]
     start = time.perf_counter()
-    rewards_B, stats = fast_grader.grade(texts, ["1"] * len(texts))
+    rewards_B, stats = fast_grader.grade(texts, ["1"] * len(texts), answer_style="gsm8k")
     assert time.perf_counter() - start < fast_grader._pool.timeout_s
     assert rewards_B.max() == 0.0
     assert stats["reward/too_long"] == 3 and stats["reward/no_answer"] == 2
@@ -377,7 +439,10 @@ def test_one_megabyte_responses_return_quickly(fast_grader):
 
 def _grade_in_daemon(queue):
     rewards_B, stats = rewards.batch_reward(
-        [r"\boxed{9^{9^{9^{9}}}}", r"\boxed{0.5}"], ["1", r"\frac12"], timeout_s=2.0
+        [r"\boxed{9^{9^{9^{9}}}}", r"\boxed{0.5}"],
+        ["1", r"\frac12"],
+        answer_style="boxed",
+        timeout_s=2.0,
     )
     queue.put((rewards_B.tolist(), stats["reward/timeouts"]))
 
@@ -399,7 +464,9 @@ def test_limit_works_from_a_thread_and_a_daemonic_process():
 
 def _grade_in_thread():
     with rewards.Grader(workers=2, timeout_s=2.0) as g:
-        rewards_B, stats = g.grade([r"\boxed{9^{9^{9^{9}}}}", r"\boxed{0.5}"], ["1", r"\frac12"])
+        rewards_B, stats = g.grade(
+            [r"\boxed{9^{9^{9^{9}}}}", r"\boxed{0.5}"], ["1", r"\frac12"], answer_style="boxed"
+        )
     return rewards_B.tolist(), stats["reward/timeouts"]
 
 

@@ -281,3 +281,36 @@ def test_step_accuracy_counts_clean_and_misconceived_steps(tmp_path):
         toy_steps.run_table(run, ["sft"])
     with pytest.raises(FileNotFoundError, match="config.json is missing"):
         toy_steps.run_table(tmp_path)
+
+
+def test_each_pool_is_graded_in_the_answer_style_of_its_dataset(tmp_path):
+    from configs import toy_arith as toy_config
+    from s2d_jax import rewards, tasks
+
+    task_cfg = tasks.parse_task(toy_config.get_config("stage3=false"))
+    tokenizer = toy_arith.build_toy_tokenizer(
+        str(tmp_path), toy_arith.ArithConfig(**task_cfg.arith)
+    )
+    task = tasks.Task(task_cfg, tokenizer)
+    styles = {name: task.answer_style(name) for name in ("demos", "rl_1h", "test", "math500")}
+    styles |= {name: task.answer_style(name) for name in ("aime24", "gsm8k", "gsm8k:train")}
+    assert styles == {
+        "demos": "boxed",
+        "rl_1h": "boxed",
+        "test": "boxed",
+        "math500": "boxed",
+        "aime24": "boxed",
+        "gsm8k": "gsm8k",
+        "gsm8k:train": "gsm8k",
+    }
+    gsm8k_file = tasks.Task(dataclasses.replace(task_cfg, train_columns="gsm8k"), tokenizer)
+    assert gsm8k_file.answer_style("math_train:train") == "gsm8k"
+    assert task.answer_style("math_train:train") == "boxed"
+    with pytest.raises(KeyError, match="unknown data pool 'nope'"):
+        task.answer_style("nope")
+    # The toy's worked solutions end in a box that its style reads (a misconceived demo's box
+    # may differ from the true answer, so the box itself is the expectation).
+    for example in task.pool("demos")[:20]:
+        boxed_value = example["solution"].removesuffix("}").rsplit("\\boxed{", 1)[1]
+        found = rewards.extract_answer(example["solution"], answer_style=task.answer_style("demos"))
+        assert found == boxed_value
