@@ -151,12 +151,15 @@ def test_shellcheck_is_clean():
 # ----------------------------------------------------------------------------- fit
 
 
-def test_fit_command_reports_per_device_memory(tmp_path):
-    """The CLI on 4 fake devices: arguments match the per-device bytes counted from the layout."""
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fit_command_reports_per_device_memory(tmp_path, dtype):
+    """The CLI on 4 fake devices: arguments match the per-device bytes counted from the layout.
+    In bfloat16 compute the train state is still float32 (masters, AdamW moments); the
+    sampler's weights and KV cache are bfloat16."""
     out = tmp_path / "fit.json"
     cmd = [sys.executable, "-m", "s2d_jax.tools.fit", "--preset", "toy_tiny", "--devices", "4"]
     cmd += ["--mesh", "1,2,2", "--batch", "4", "--seq", "32", "--prompt_len", "16"]
-    cmd += ["--dtype", "float32", "--hbm_gib", "1", "--json", str(out)]
+    cmd += ["--dtype", dtype, "--hbm_gib", "1", "--json", str(out)]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -178,9 +181,10 @@ def test_fit_command_reports_per_device_memory(tmp_path):
     assert train["aliased"] >= 3 * param_bytes  # the donated state is updated in place
     assert train["temps"] > 0 and train["total"] >= train["arguments"]
     # Sampler: weights replicated over fsdp (SAMPLE_RULES), halved by tensor where named; the
-    # KV cache [L, B, S, K, Dh] x 2 split over rows (2) and kv heads (2).
-    sample_params = 4 * (sum(quarter) / 2 + sum(whole))
-    cache = 2 * 4 * L * 4 * 32 * K * Dh / 4
+    # KV cache [L, B, S, K, Dh] x 2 split over rows (2) and kv heads (2); both in compute dtype.
+    itemsize = {"float32": 4, "bfloat16": 2}[dtype]
+    sample_params = itemsize * (sum(quarter) / 2 + sum(whole))
+    cache = 2 * itemsize * L * 4 * 32 * K * Dh / 4
     decode = report["decode_step"]
     assert decode["arguments"] >= sample_params + cache
     assert decode["arguments"] < sample_params + cache + 4096  # + tokens, positions, kv mask

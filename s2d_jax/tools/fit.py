@@ -11,11 +11,13 @@ arguments, outputs, the part of them aliased (donated state, cache), temporaries
 total = arguments + outputs - aliased + temporaries.
 
 Three programs are compiled: the train step (`train.jit_train_step`, TRAIN_RULES, state
-donated; `--objective` picks the loss, the distillation ones also take `--teacher_preset`'s frozen
-params), the sampler's prefill (`cached_forward.forward_cached` over the prompt, cache donated)
+donated: float32 master weights and AdamW moments, compute in `--dtype`; `--objective` picks the
+loss, the distillation ones also take `--teacher_preset`'s frozen params, stored in `--dtype`),
+the sampler's prefill (`cached_forward.forward_cached` over the prompt, cache donated)
 and one sampler decode step (the same with T = 1, plus the logits), both under SAMPLE_RULES on
 per-layer weights as the pipeline samples. A stage that trains while it samples (GRPO, on-policy
-KL) also holds its train state: add the train step's arguments.
+KL) also holds its train state: add the train step's arguments. The sampler reads its own copy
+of the weights in `--dtype`.
 
 These are estimates for TPU/GPU: the CPU compiler makes its own fusion, layout and scheduling
 choices, so treat temporaries as approximate (about +-30%); arguments and outputs (params,
@@ -28,6 +30,7 @@ compiler plugin installed (libtpu / jax-cuda); this tool uses fake CPU devices i
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -137,8 +140,9 @@ def sampler_memory(model_cfg, mesh, *, batch: int, prompt_len: int, cache_len: i
 
     rules = sh.SAMPLE_RULES
     p_shardings = sh.param_shardings(model_cfg, mesh, rules)
+    unstack = functools.partial(cached_forward.unstack_layers, dtype=model_cfg.compute_dtype)
     params = _abstract(
-        jax.eval_shape(cached_forward.unstack_layers, model.abstract_params(model_cfg)),
+        jax.eval_shape(unstack, model.abstract_params(model_cfg)),
         sh.per_layer_shardings(p_shardings, model_cfg.n_layers),
     )
     c_shardings = sh.cache_shardings(model_cfg, mesh, rules, batch, cache_len)
@@ -180,14 +184,19 @@ def _compile_all(args, dtype: str, mesh) -> dict:
     """{program: per-device bytes} for the train step and (unless skipped) the sampler."""
     from s2d_jax import model, train
 
-    dtypes = dict(param_dtype=dtype, compute_dtype=dtype)
     layers = {"n_layers": args.layers} if args.layers else {}
-    model_cfg = model.ModelConfig.preset(args.preset, **dtypes, **layers)
+    # As the pipeline holds them: the trained model's float32 masters (and AdamW state), compute
+    # in `dtype`; a frozen teacher stored in `dtype`.
+    model_cfg = model.ModelConfig.preset(
+        args.preset, param_dtype="float32", compute_dtype=dtype, **layers
+    )
     teacher_cfg = None
     if args.objective in train.TEACHER_OBJECTIVES:
         if not args.teacher_preset:
             raise SystemExit(f"--objective {args.objective} needs --teacher_preset")
-        teacher_cfg = model.ModelConfig.preset(args.teacher_preset, **dtypes)
+        teacher_cfg = model.ModelConfig.preset(
+            args.teacher_preset, param_dtype=dtype, compute_dtype=dtype
+        )
     step_cfg = train.StepConfig(
         args.objective,
         train.OptimizerConfig(lr=1e-6),
