@@ -237,6 +237,8 @@ def run_stage(ctx: Context, stage: experiment.StageConfig, stage_dir: Path) -> d
         evaluate=periodic_eval,
         eval_every=stage.eval_every,
         nan_policy=ctx.nan_policy,
+        max_skipped_frac=stage.max_skipped_frac,
+        max_consecutive_skips=stage.max_consecutive_skips,
         desc=stage.name,
     )
     summary = stage_loop.stage_summary(stage_dir)

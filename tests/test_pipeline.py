@@ -148,6 +148,7 @@ def test_nan_batch_is_skipped_and_counted(tmp_path, monkeypatch):
     """A batch that makes the loss NaN leaves params untouched, is counted, and the run goes on."""
     _poison_grpo(monkeypatch, bad_step=1)
     config = _toy(keep_stages=("student_sft", "direct_grpo"), steps=3)
+    config.stages.direct_grpo.max_skipped_frac = 0.34  # one of three steps may skip
     summaries = pipeline.run(config, tmp_path)
     rows = metrics.read_metrics(tmp_path / "direct_grpo")
     assert [r["train/skipped"] for r in rows] == [0.0, 1.0, 0.0]
@@ -159,6 +160,17 @@ def test_nan_policy_raise_names_step_and_metric(tmp_path, monkeypatch):
     config = _toy(keep_stages=("student_sft", "direct_grpo"))
     config.nan_policy = "raise"
     with pytest.raises(FloatingPointError, match=r"step 1: metric train/loss"):
+        pipeline.run(config, tmp_path)
+    assert not (tmp_path / "direct_grpo" / "DONE").exists()
+
+
+def test_skips_past_the_budget_fail_the_stage(tmp_path, monkeypatch):
+    """The default max_skipped_frac 0.1 of a 2-step stage allows no skip."""
+    _poison_grpo(monkeypatch, bad_step=1)
+    config = _toy(keep_stages=("student_sft", "direct_grpo"))
+    with pytest.raises(
+        FloatingPointError, match=r"'direct_grpo': 1 skipped steps.*step 2: train/loss"
+    ):
         pipeline.run(config, tmp_path)
     assert not (tmp_path / "direct_grpo" / "DONE").exists()
 
