@@ -173,6 +173,7 @@ def test_skips_past_the_budget_fail_the_stage(tmp_path, monkeypatch):
     ):
         pipeline.run(config, tmp_path)
     assert not (tmp_path / "direct_grpo" / "DONE").exists()
+    assert not (tmp_path / "RUN_LOCK").exists()  # released on failure
 
 
 def test_format_reward_pays_extractable_wrong_answers(tmp_path, monkeypatch):
