@@ -1,7 +1,7 @@
 r"""Math answer grading: extract the final answer from model text and check it against a reference.
 
     rewards.extract_answer(text)                          # last \boxed{..}/\fbox{..} or "#### N"
-    rewards.math_reward(response, reference)              # 1.0 / 0.0, one comparison
+    rewards.math_reward(response, reference)              # 1.0 / 0.0, on a shared pool
     with rewards.Grader(workers=2, timeout_s=5.0) as grader:
         rewards_B, stats = grader.grade(responses, references)   # a rollout batch, [B] float32
     rewards.batch_reward(responses, references, workers=2)       # the same with a one-off pool
@@ -28,7 +28,10 @@ We never call eval/exec/sympify/parse_expr/S on model text, and the worker addit
 sympy's string parser (`grading_worker.parse_guard`) to refuse anything but a number or a name.
 """
 
+import atexit
+import os
 import re
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -225,8 +228,31 @@ def batch_reward(
 def math_reward(response: str, reference: str, *, timeout_s: float = 5.0) -> float:
     """1.0 if the final answer in `response` is equivalent to `reference`, else 0.0.
 
-    Runs the same checks as `Grader.grade`; only a case the string screen cannot settle starts a
-    worker process.
+    Runs the same checks as `Grader.grade` on one worker process shared by all calls with this
+    `timeout_s` (started on the first case the string screen cannot settle, stopped at exit),
+    so a loop of calls costs what one batch does.
     """
-    rewards_B, _ = batch_reward([response], [reference], workers=1, timeout_s=timeout_s)
+    rewards_B, _ = _shared_grader(timeout_s).grade([response], [reference])
     return float(rewards_B[0])
+
+
+# The graders behind `math_reward`, by (process id, timeout_s): a forked child must not share
+# its parent's pipes to the workers, so it starts its own.
+_shared: dict[tuple[int, float], Grader] = {}
+_shared_lock = threading.Lock()
+
+
+def _shared_grader(timeout_s: float) -> Grader:
+    key = (os.getpid(), float(timeout_s))
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = Grader(workers=1, timeout_s=timeout_s)
+        return _shared[key]
+
+
+@atexit.register
+def close_shared() -> None:
+    """Stop this process's `math_reward` workers (also run at interpreter exit)."""
+    with _shared_lock:
+        for key in [k for k in _shared if k[0] == os.getpid()]:
+            _shared.pop(key).close()
