@@ -165,9 +165,11 @@ def _restore_verified(manager: ocp.CheckpointManager, step: int, target_state):
 def export_params(stage_dir: Path, params, info: dict) -> Path:
     """Write the params-only export `stage_dir/params` (+ info.json) for the next stage."""
     path = Path(stage_dir).absolute() / "params"
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(path, params, force=True)
-    checkpointer.wait_until_finished()
+    # Closed when done: an open checkpointer's thread and event loop would otherwise be torn
+    # down at interpreter exit, printing noise after a failure's traceback.
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path, params, force=True)
+        checkpointer.wait_until_finished()
     if jax.process_index() == 0:
         write_checksums(path, _params_checksums(stage_dir))
         (Path(stage_dir) / "params_info.json").write_text(json.dumps(info, indent=2))
@@ -189,7 +191,8 @@ def load_exported_params(stage_dir: Path, target_params, shardings=None):
         raise CorruptCheckpointError(f"{err}: {_rerun_hint(Path(stage_dir))}") from None
     if not verified:
         _log.warning("%s has no checksums: loaded unverified", path)
-    return ocp.StandardCheckpointer().restore(path, _abstract(target_params, shardings))
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(path, _abstract(target_params, shardings))
 
 
 def _missing_export_message(stage_dir: Path) -> str:

@@ -206,3 +206,63 @@ def test_checkpoints_follow_save_every(tmp_path):
     pipeline.run(config, tmp_path)
     steps = sorted(int(p.name) for p in (tmp_path / "student_sft" / "checkpoints").iterdir())
     assert steps == [2]
+
+
+FAILING_CONFIG = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import shrink_config
+from configs import toy_arith
+from s2d_jax import pipeline, stages
+
+_grpo = stages.grpo_batches
+
+
+def _failing(ctx, stage, policy, teacher):
+    make_batch, total = _grpo(ctx, stage, policy, teacher)
+
+    def make(params, step):
+        if step == 1:  # after a step: grader workers, writers and checkpoints are all in use
+            raise RuntimeError("the real error")
+        return make_batch(params, step)
+
+    return make, total
+
+
+pipeline.STAGES["grpo"] = _failing
+
+
+def get_config(arg=None):
+    config = shrink_config(toy_arith.get_config("stage3=false"), keep_stages=("teacher_grpo",))
+    config.stages.teacher_grpo.init_from = "base"
+    config.eval.splits = ""
+    return config
+"""
+
+
+def test_a_failure_ends_with_its_error(tmp_path):
+    """Nothing is printed after the traceback (no shutdown noise from open pools or writers)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    config_file = tmp_path / "config.py"
+    config_file.write_text(FAILING_CONFIG.format(tests=str(repo / "tests")))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "s2d_jax.main",
+            f"--config={config_file}",
+            f"--workdir={tmp_path / 'run'}",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 1
+    assert out.stderr.rstrip().splitlines()[-1] == "RuntimeError: the real error"
+    assert "Exception ignored" not in out.stderr
+    assert not (tmp_path / "run" / "RUN_LOCK").exists()
