@@ -127,21 +127,19 @@ def restore_latest(manager: ocp.CheckpointManager, target_state) -> tuple[Any, d
     steps = sorted(manager.all_steps(), reverse=True)
     bad: list[str] = []
     for step in steps:
+        step_dir = _step_dir(manager, step)
         try:
-            state, meta = _restore_verified(manager, step, target_state)
-        except Exception as err:  # orbax raises many kinds on damaged bytes; all mean "not good"
+            verified = verify_checksums(step_dir, step_dir / CHECKSUMS)
+        except CorruptCheckpointError as err:
             bad.append(f"step {step}: {err}")
             continue
+        if not verified:
+            _log.warning("%s has no %s: restored unverified", step_dir, CHECKSUMS)
+        # Any other restore error (e.g. shapes of a changed config) is no corruption: it is
+        # raised, and no checkpoint is deleted for it.
+        state, meta = _restore(manager, step, target_state)
         if bad:
-            _log.warning(
-                "%s: checkpoint(s) %s are corrupt, resuming from step %d instead: %s",
-                manager.directory,
-                [s for s in steps if s > step],
-                step,
-                "; ".join(bad),
-            )
-            for newer in (s for s in steps if s > step):
-                manager.delete(newer)  # else saving the recomputed step would collide with it
+            _drop_corrupt(manager, [s for s in steps if s > step], step, bad)
         return state, meta
     if bad:
         raise CorruptCheckpointError(
@@ -151,10 +149,21 @@ def restore_latest(manager: ocp.CheckpointManager, target_state) -> tuple[Any, d
     return None
 
 
-def _restore_verified(manager: ocp.CheckpointManager, step: int, target_state):
-    step_dir = _step_dir(manager, step)
-    if not verify_checksums(step_dir, step_dir / CHECKSUMS):
-        _log.warning("%s has no %s: restored unverified", step_dir, CHECKSUMS)
+def _drop_corrupt(manager: ocp.CheckpointManager, corrupt: list[int], good: int, why: list[str]):
+    """Report the corrupt checkpoints newer than `good` and delete them: saving their steps again
+    (recomputed from `good`) would collide with them."""
+    _log.warning(
+        "%s: checkpoint(s) %s are corrupt, resuming from step %d instead: %s",
+        manager.directory,
+        corrupt,
+        good,
+        "; ".join(why),
+    )
+    for step in corrupt:
+        manager.delete(step)
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, target_state):
     args = ocp.args.Composite(
         state=ocp.args.StandardRestore(_abstract(target_state)), meta=ocp.args.JsonRestore()
     )

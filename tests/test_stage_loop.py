@@ -134,6 +134,18 @@ def test_no_good_checkpoint_is_an_error(tmp_path):
         _run(tmp_path, total=4)
 
 
+def test_restore_error_that_is_no_corruption_deletes_nothing(tmp_path):
+    """A target of other shapes (a changed config) fails the restore; the checkpoints stay."""
+    _run(tmp_path, total=2)
+    state = _state()
+    bigger = state.replace(params={"w": jnp.zeros(4)}, opt_state={"m": jnp.zeros(4)})
+    manager = checkpoints.state_manager(tmp_path)
+    with pytest.raises(Exception, match="shape"):
+        checkpoints.restore_latest(manager, bigger)
+    assert sorted(manager.all_steps()) == [1, 2]
+    manager.close()
+
+
 def test_checkpoint_without_checksums_restores_unverified(tmp_path, caplog):
     _run(tmp_path, total=2)
     (tmp_path / "checkpoints" / "2" / checkpoints.CHECKSUMS).unlink()
