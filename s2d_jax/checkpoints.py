@@ -62,7 +62,11 @@ def verify_checksums(directory: Path, recorded: Path) -> bool:
     """
     if not recorded.exists():
         return False
-    for name, digest in json.loads(recorded.read_text()).items():
+    try:
+        digests = json.loads(recorded.read_text())
+    except json.JSONDecodeError as err:
+        raise CorruptCheckpointError(f"{recorded} is unreadable: {err}") from None
+    for name, digest in digests.items():
         path = directory / name
         if not path.is_file():
             raise CorruptCheckpointError(f"{path} is missing (listed in {recorded})")
@@ -176,6 +180,8 @@ def export_params(stage_dir: Path, params, info: dict) -> Path:
     path = Path(stage_dir).absolute() / "params"
     # Closed when done: an open checkpointer's thread and event loop would otherwise be torn
     # down at interpreter exit, printing noise after a failure's traceback.
+    if jax.process_index() == 0:  # the old export's checksums must not vouch for the new one
+        _params_checksums(stage_dir).unlink(missing_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(path, params, force=True)
         checkpointer.wait_until_finished()

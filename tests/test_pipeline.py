@@ -266,3 +266,37 @@ def test_a_failure_ends_with_its_error(tmp_path):
     assert out.stderr.rstrip().splitlines()[-1] == "RuntimeError: the real error"
     assert "Exception ignored" not in out.stderr
     assert not (tmp_path / "run" / "RUN_LOCK").exists()
+
+
+def test_error_is_printed_after_what_the_failure_left_behind():
+    """An object held only by the failing frame (as orbax's coroutines of a failed restore are)
+    is finalized before the traceback is printed, so its output cannot bury the error."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import sys
+from s2d_jax import main
+
+class Leftover:
+    def __del__(self):
+        sys.stderr.write("noise from a finalizer\\n")
+
+def fail():
+    leftover = Leftover()
+    raise RuntimeError("the real error")
+
+main.run_reporting_errors(fail)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = out.stderr.rstrip().splitlines()
+    assert out.returncode == 1
+    assert lines[0] == "noise from a finalizer"
+    assert lines[-1] == "RuntimeError: the real error"

@@ -146,6 +146,15 @@ def test_restore_error_that_is_no_corruption_deletes_nothing(tmp_path):
     manager.close()
 
 
+def test_unreadable_checksums_count_as_corrupt(tmp_path, caplog):
+    _run(tmp_path, total=2)
+    (tmp_path / "checkpoints" / "2" / checkpoints.CHECKSUMS).write_text('{"state/')
+    with caplog.at_level(logging.WARNING):
+        state, _ = _run(tmp_path, total=2)
+    assert "CHECKSUMS.json is unreadable" in caplog.text
+    assert float(state.params["w"][0]) == _expected_w(2)  # step 2 recomputed from step 1
+
+
 def test_checkpoint_without_checksums_restores_unverified(tmp_path, caplog):
     _run(tmp_path, total=2)
     (tmp_path / "checkpoints" / "2" / checkpoints.CHECKSUMS).unlink()
