@@ -178,10 +178,10 @@ def _restore(manager: ocp.CheckpointManager, step: int, target_state):
 def export_params(stage_dir: Path, params, info: dict) -> Path:
     """Write the params-only export `stage_dir/params` (+ info.json) for the next stage."""
     path = Path(stage_dir).absolute() / "params"
-    # Closed when done: an open checkpointer's thread and event loop would otherwise be torn
-    # down at interpreter exit, printing noise after a failure's traceback.
     if jax.process_index() == 0:  # the old export's checksums must not vouch for the new one
         _params_checksums(stage_dir).unlink(missing_ok=True)
+    # Closed when done: an open checkpointer's thread and event loop would otherwise be torn
+    # down at interpreter exit, printing noise after a failure's traceback.
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(path, params, force=True)
         checkpointer.wait_until_finished()

@@ -98,7 +98,7 @@ def _tensor_files(path: Path) -> dict[str, Path]:
     """Map every tensor name to the safetensors file that holds it."""
     index = path / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = _load_json(index)["weight_map"]
         files = {name: path / fname for name, fname in weight_map.items()}
         for f in set(files.values()):
             if not f.exists():
@@ -117,6 +117,17 @@ def _tensor_files(path: Path) -> dict[str, Path]:
         with _open_safetensors(f) as handle:
             files.update({name: f for name in handle.keys()})  # noqa: SIM118 (safe_open is no dict)
     return files
+
+
+def _load_json(file: Path):
+    """The parsed JSON of a checkpoint file, with an error naming the file and the place."""
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{file} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+            "a truncated download? Fetch it again"
+        ) from None
 
 
 def _open_safetensors(file: Path):
@@ -140,13 +151,7 @@ def read_hf_config(path: str | Path) -> dict:
         raise FileNotFoundError(
             f"{config_file} is missing: a Hugging Face checkpoint needs config.json"
         )
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{config_file} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
-            "a truncated download? Fetch the checkpoint's config.json again"
-        ) from None
+    config = _load_json(config_file)
     if not isinstance(config, dict):
         raise ValueError(f"{config_file} holds a {type(config).__name__}, expected a JSON object")
     missing = [key for key in _REQUIRED_CONFIG_KEYS if key not in config]

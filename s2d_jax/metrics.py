@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -30,7 +31,7 @@ class MetricWriter:
         directory: Path,
         resume_step: int = 0,
         tensorboard: bool = True,
-        saved_rows: list[dict] = (),
+        saved_rows: Sequence[dict] = (),
     ):
         """`saved_rows`: rows the restored checkpoint carries; they win over the file's."""
         self.path = Path(directory) / "metrics.jsonl"
