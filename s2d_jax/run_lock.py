@@ -6,13 +6,15 @@ metrics and exports, and each would resume from the other's half-written state.
 
 The lock is the file `workdir/RUN_LOCK` holding the holder's host and pid, created atomically
 (a hard link of a complete file, so no reader sees it half-written). A lock whose pid is no
-longer alive on this host is stale (a killed run): it is taken over with a warning. A lock held
-on another host cannot be checked from here and is always respected.
+longer alive on this host is stale (a killed run): it is taken over with a warning, one
+takeover at a time (`workdir/.RUN_LOCK.takeover`). A lock held on another host cannot be
+checked from here and is always respected.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -48,22 +50,35 @@ def acquire(workdir: Path) -> Path:
     path = workdir / LOCK_NAME
     me = {"host": socket.gethostname(), "pid": os.getpid()}
     while not _create(path, me):
-        holder = _read(path)
-        if holder is None and not path.exists():
-            continue  # released between our attempt and the read
-        if holder is not None and not _is_stale(holder, path):
-            raise RunLockedError(
-                f"{workdir} is in use by another run (host {holder['host']}, pid {holder['pid']}, "
-                f"see {path}); wait for it to finish, or use another --workdir. If that run is "
-                f"gone, remove {path}."
+        with _takeover_guard(path):
+            holder = _read(path)
+            if holder is None and not path.exists():
+                continue  # released between our attempt and the read
+            if holder is not None and not _is_stale(holder, path):
+                raise RunLockedError(
+                    f"{workdir} is in use by another run (host {holder['host']}, pid "
+                    f"{holder['pid']}, see {path}); wait for it to finish, or use another "
+                    f"--workdir. If that run is gone, remove {path}."
+                )
+            _log.warning(
+                "%s: taking over the stale lock %s (%s)", workdir, path, holder or "unreadable"
             )
-        _log.warning(
-            "%s: taking over the stale lock %s (%s)", workdir, path, holder or "unreadable"
-        )
-        with contextlib.suppress(FileNotFoundError):  # another starter may have taken it first
             path.unlink()
     _held.add(path)
     return path
+
+
+@contextlib.contextmanager
+def _takeover_guard(path: Path):
+    """Serialise stale-lock takeovers: two runs that both found the same stale lock must not
+    both remove it (the second would remove the first one's new lock). flock is released by
+    the kernel when its holder dies, so this guard itself never goes stale."""
+    with open(path.with_name(f".{path.name}.takeover"), "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(guard, fcntl.LOCK_UN)
 
 
 def release(path: Path) -> None:

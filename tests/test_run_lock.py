@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import shrink_config
@@ -92,4 +93,55 @@ def test_pipeline_on_a_locked_workdir_fails_before_writing(tmp_path, live_pid):
     config = shrink_config(toy_arith.get_config("stage3=false"), keep_stages=("student_sft",))
     with pytest.raises(run_lock.RunLockedError, match=f"pid {live_pid}"):
         pipeline.run(config, tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == [run_lock.LOCK_NAME]
+    assert not (tmp_path / "config.json").exists()  # failed before writing anything
+    assert _holder(tmp_path)["pid"] == live_pid
+
+
+CONTENDER = """
+import os, sys, time
+from pathlib import Path
+from s2d_jax import run_lock
+workdir = Path(sys.argv[1])
+(workdir / f"ready.{os.getpid()}").touch()
+while not (workdir / "go").exists():
+    time.sleep(0.001)
+try:
+    run_lock.acquire(workdir)
+except run_lock.RunLockedError:
+    print("locked", flush=True)
+else:
+    print("held", flush=True)
+    while not (workdir / "done").exists():  # hold it until every contender has answered
+        time.sleep(0.01)
+"""
+
+
+def _wait_for(predicate, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "contenders did not get there in time"
+        time.sleep(0.01)
+
+
+def test_racing_takeovers_of_a_stale_lock_leave_one_holder(tmp_path):
+    from pathlib import Path
+
+    _write_lock(tmp_path, _dead_pid())
+    repo = Path(__file__).resolve().parents[1]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONTENDER, str(tmp_path)],
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    _wait_for(lambda: len(list(tmp_path.glob("ready.*"))) == 4)
+    (tmp_path / "go").touch()
+    outcomes = [p.stdout.readline().strip() for p in procs]
+    (tmp_path / "done").touch()
+    for p in procs:
+        p.wait(timeout=60)
+    assert sorted(outcomes) == ["held", "locked", "locked", "locked"]
