@@ -145,6 +145,8 @@ def _stage(kind, model, init_from, data, steps, batch_size, max_new_tokens, lr, 
         optim=optim(lr=lr),
         grpo=grpo(),
         chunk_size=512,  # tokens per chunk of the full-vocabulary terms (memory ~ chunk x V)
+        max_skipped_frac=0.1,  # nan_policy "skip": more skipped steps than this share fail
+        max_consecutive_skips=3,  # ... as do more skipped steps than this in a row
     )
     stage.update(extra)
     return ConfigDict(stage)

@@ -71,6 +71,9 @@ class StageConfig:
     sampling: SamplingConfig
     optim: OptimizerConfig
     grpo: GrpoConfig
+    # nan_policy "skip" fails the stage past either: skipped steps / steps, skipped in a row
+    max_skipped_frac: float = 0.1
+    max_consecutive_skips: int = 3
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,6 +46,14 @@ _TOP_TENSORS = {
 }
 # Buffers some exporters write that carry no parameters.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# config.json keys `ModelConfig.from_hf_config` cannot do without.
+_REQUIRED_CONFIG_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+)
 
 
 def _to_ours(hf_array: np.ndarray, how: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -69,6 +77,19 @@ def _to_hf(ours: np.ndarray, how: str) -> np.ndarray:
     raise ValueError(how)
 
 
+def _finite(array: np.ndarray, name: str, file: Path) -> np.ndarray:
+    """`array`, checked: a NaN/Inf weight would train and evaluate to NaN without any error.
+    Checked after the cast, so values the load dtype cannot hold are caught too."""
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"tensor {name!r} in {file} has {int(bad.sum())} non-finite values (first at index "
+            f"{first} of our layout {array.shape}, dtype {array.dtype}); the checkpoint is damaged"
+        )
+    return array
+
+
 def _hf_shape(shape: tuple[int, ...], how: str) -> tuple[int, ...]:
     return _to_hf(np.empty(shape, np.int8), how).shape
 
@@ -77,7 +98,7 @@ def _tensor_files(path: Path) -> dict[str, Path]:
     """Map every tensor name to the safetensors file that holds it."""
     index = path / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = _load_json(index)["weight_map"]
         files = {name: path / fname for name, fname in weight_map.items()}
         for f in set(files.values()):
             if not f.exists():
@@ -93,9 +114,31 @@ def _tensor_files(path: Path) -> dict[str, Path]:
         )
     files = {}
     for f in candidates:
-        with safe_open(f, "np") as handle:
+        with _open_safetensors(f) as handle:
             files.update({name: f for name in handle.keys()})  # noqa: SIM118 (safe_open is no dict)
     return files
+
+
+def _load_json(file: Path):
+    """The parsed JSON of a checkpoint file, with an error naming the file and the place."""
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{file} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+            "a truncated download? Fetch it again"
+        ) from None
+
+
+def _open_safetensors(file: Path):
+    """`safe_open`, with an error that names a truncated or damaged file."""
+    try:
+        return safe_open(file, "np")
+    except Exception as err:  # SafetensorError and OSError: the header does not fit the file
+        raise ValueError(
+            f"{file} is not a readable safetensors file ({err}); a truncated download? "
+            "Fetch it again"
+        ) from None
 
 
 def read_hf_config(path: str | Path) -> dict:
@@ -108,7 +151,15 @@ def read_hf_config(path: str | Path) -> dict:
         raise FileNotFoundError(
             f"{config_file} is missing: a Hugging Face checkpoint needs config.json"
         )
-    return json.loads(config_file.read_text())
+    config = _load_json(config_file)
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file} holds a {type(config).__name__}, expected a JSON object")
+    missing = [key for key in _REQUIRED_CONFIG_KEYS if key not in config]
+    if "architectures" not in config and "model_type" not in config:
+        missing.append("architectures or model_type")
+    if missing:
+        raise ValueError(f"{config_file} lacks {missing}: is it a causal LM's config.json?")
+    return config
 
 
 def load_hf(path: str | Path, dtype=jnp.float32, shardings=None, **config_overrides):
@@ -123,7 +174,7 @@ def load_hf(path: str | Path, dtype=jnp.float32, shardings=None, **config_overri
         read_hf_config(path), param_dtype=dtype_name, compute_dtype=dtype_name, **config_overrides
     )
     files = _tensor_files(path)
-    handles = {f: safe_open(f, "np") for f in set(files.values())}
+    handles = {f: _open_safetensors(f) for f in set(files.values())}
     used: set[str] = set()
 
     def read(name: str, how: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -138,7 +189,7 @@ def load_hf(path: str | Path, dtype=jnp.float32, shardings=None, **config_overri
                 f"tensor {name!r} in {files[name]} has shape {tuple(array.shape)}, expected {expected}"
             )
         used.add(name)
-        return _to_ours(array, how, shape).astype(dtype)
+        return _finite(_to_ours(array, how, shape).astype(dtype), name, files[name])
 
     def place(array: np.ndarray, sharding):
         return jax.device_put(array, sharding) if sharding is not None else jnp.asarray(array)

@@ -3,7 +3,10 @@
 Flags, optional multi-host initialisation, global JAX flags, then `pipeline.run`. Nothing else.
 """
 
+import gc
 import os
+import sys
+import traceback
 
 import jax
 from absl import app, flags, logging
@@ -44,7 +47,26 @@ def main(argv):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     # Random bits that do not depend on how an array is sharded: results match across meshes.
     jax.config.update("jax_threefry_partitionable", True)
-    pipeline.run(_CONFIG.value, _WORKDIR.value)
+    run_reporting_errors(pipeline.run, _CONFIG.value, _WORKDIR.value)
+
+
+def run_reporting_errors(fn, *args) -> None:
+    """Call `fn(*args)`; on an exception print its traceback as the last output and exit 1.
+
+    What the failure left behind lives as long as its traceback's frames, which is until
+    interpreter exit if the exception propagates: orbax's coroutines of a failed restore, for
+    one, are then finalized after the traceback ("Event loop is closed", "sys.meta_path is
+    None"). Freeing them first puts their noise before the error instead of after it.
+    """
+    try:
+        fn(*args)
+        return
+    except Exception:
+        error = traceback.format_exc()
+    gc.collect()  # outside the handler: the exception and its frames are released by now
+    sys.stderr.write(error)
+    sys.stderr.flush()
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,22 @@
 """Metrics: one JSONL line per step plus TensorBoard event files; process 0 writes.
 
-On resume the JSONL is truncated to the restored step, so a killed-and-resumed run ends with the
-same file as an uninterrupted one.
+On resume the JSONL is rebuilt to exactly one row per step up to the restored step (rows the
+checkpoint carries replace torn or missing ones), so a killed-and-resumed run ends with the same
+file as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
+
+_log = logging.getLogger(__name__)
 
 
 def _to_float(value) -> float:
@@ -21,18 +26,23 @@ def _to_float(value) -> float:
 class MetricWriter:
     """Writes `{"step": s, **metrics}` lines to `<dir>/metrics.jsonl` and scalars to TensorBoard."""
 
-    def __init__(self, directory: Path, resume_step: int = 0, tensorboard: bool = True):
+    def __init__(
+        self,
+        directory: Path,
+        resume_step: int = 0,
+        tensorboard: bool = True,
+        saved_rows: Sequence[dict] = (),
+    ):
+        """`saved_rows`: rows the restored checkpoint carries; they win over the file's."""
         self.path = Path(directory) / "metrics.jsonl"
         self.active = jax.process_index() == 0
         self._tb = None
         if not self.active:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():  # drop lines past the checkpoint we resumed from
-            kept = [
-                line for line in self.path.read_text().splitlines() if _step(line) <= resume_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        if self.path.exists() or saved_rows:
+            rows = repaired_rows(self.path, resume_step, saved_rows)
+            self.path.write_text("".join(_dumps(row) + "\n" for row in rows))
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -45,7 +55,7 @@ class MetricWriter:
         values = {k: _to_float(v) for k, v in metrics.items()}
         if self.active:
             with self.path.open("a") as f:
-                f.write(json.dumps({"step": step, **values}, allow_nan=True) + "\n")
+                f.write(_dumps({"step": step, **values}) + "\n")
             if self._tb is not None:
                 for key, value in values.items():
                     if math.isfinite(value):
@@ -57,19 +67,44 @@ class MetricWriter:
             self._tb.close()
 
 
-def _step(line: str) -> int:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return 1 << 62  # a torn last line from a kill: dropped
+def _dumps(row: dict) -> str:
+    return json.dumps(row, allow_nan=True)
+
+
+def repaired_rows(path: Path, resume_step: int, saved_rows=()) -> list[dict]:
+    """One row per step 1..resume_step: the file's readable rows (the last of duplicates),
+    replaced by `saved_rows` where given; steps neither has are reported as lost."""
+    by_step = {row["step"]: row for row in _readable_rows(path) if row["step"] <= resume_step}
+    by_step.update({row["step"]: row for row in saved_rows if row["step"] <= resume_step})
+    lost = sorted(set(range(1, resume_step + 1)) - set(by_step))
+    if lost:
+        _log.warning(
+            "%s: no metrics survive for step(s) %s (resumed at %d)", path, lost, resume_step
+        )
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _readable_rows(path: Path) -> list[dict]:
+    """The rows of a metrics file, skipping (and reporting by line) any that cannot be read."""
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            row["step"] = int(row["step"])
+        except (ValueError, KeyError, TypeError) as err:  # a line torn by a kill or crash
+            _log.warning("%s line %d is unreadable and skipped: %s", path, number, err)
+            continue
+        rows.append(row)
+    return rows
 
 
 def read_metrics(stage_dir: Path) -> list[dict]:
-    """All metric lines of a stage (for reports, plots and notebooks)."""
-    path = Path(stage_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """All readable metric lines of a stage (for reports, plots and notebooks)."""
+    return _readable_rows(Path(stage_dir) / "metrics.jsonl")
 
 
 def check_finite(step: int, metrics: dict, keys=("train/loss", "train/grad_norm")) -> None:

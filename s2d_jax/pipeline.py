@@ -5,6 +5,7 @@
 Stage kinds live in one explicit dict, `STAGES`; baselines and ablations are configs that choose
 stages and their inputs. A stage writes `workdir/<name>/` (checkpoints, metrics.jsonl, TensorBoard,
 eval outputs, `params/` export, DONE); a finished stage is skipped on rerun, a killed one resumes.
+A run holds `workdir/RUN_LOCK` (`run_lock.py`): a second run on the same workdir fails at once.
 Everything runs on the mesh of `config.mesh` (`placement.py`); every process runs this same code,
 and only process 0 writes metrics, reports and exports.
 """
@@ -29,6 +30,7 @@ from s2d_jax import (
     random_models,
     report,
     rewards,
+    run_lock,
     stage_loop,
     stages,
     tasks,
@@ -97,9 +99,15 @@ def run(config, workdir, devices=None) -> dict:
     """
     workdir = Path(workdir)
     plan = validate(config)
-    models, stage_cfgs, eval_cfg, task_cfg = plan.models, plan.stages, plan.eval_cfg, plan.task_cfg
     mesh = placement.build_mesh(plan.mesh_cfg, devices)  # before any file: sizes are checked
     workdir.mkdir(parents=True, exist_ok=True)
+    with run_lock.hold(workdir, enabled=jax.process_index() == 0):  # one process locks for all
+        return _run_locked(config, workdir, plan, mesh)
+
+
+def _run_locked(config, workdir: Path, plan: Plan, mesh) -> dict:
+    """`run` once the workdir is locked."""
+    models, stage_cfgs, eval_cfg, task_cfg = plan.models, plan.stages, plan.eval_cfg, plan.task_cfg
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     models = random_models.materialize(models, workdir, config.seed)
@@ -252,6 +260,8 @@ def run_stage(ctx: Context, stage: experiment.StageConfig, stage_dir: Path) -> d
         evaluate=periodic_eval,
         eval_every=stage.eval_every,
         nan_policy=ctx.nan_policy,
+        max_skipped_frac=stage.max_skipped_frac,
+        max_consecutive_skips=stage.max_consecutive_skips,
         desc=stage.name,
     )
     summary = stage_loop.stage_summary(stage_dir)

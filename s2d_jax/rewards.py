@@ -2,7 +2,7 @@ r"""Math answer grading: extract the final answer from model text and check it a
 
     rewards.extract_answer(text, answer_style="boxed")    # last \boxed{..}/\fbox{..}
     rewards.extract_answer(text, answer_style="gsm8k")    # ... or a later "#### N"
-    rewards.math_reward(response, reference)              # 1.0 / 0.0, one comparison, "boxed"
+    rewards.math_reward(response, reference)              # 1.0 / 0.0, "boxed", on a shared pool
     with rewards.Grader(workers=2, timeout_s=5.0) as grader:
         rewards_B, stats = grader.grade(responses, references, answer_style="boxed")  # [B] float32
         judgments = grader.judge(responses, references, answer_style="boxed")  # one per response
@@ -38,7 +38,10 @@ We never call eval/exec/sympify/parse_expr/S on model text, and the worker addit
 sympy's string parser (`grading_worker.parse_guard`) to refuse anything but a number or a name.
 """
 
+import atexit
+import os
 import re
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -304,9 +307,31 @@ def math_reward(response: str, reference: str, *, timeout_s: float = 5.0) -> flo
     """1.0 if the final answer in `response` is equivalent to `reference`, else 0.0.
 
     Grades in the MATH/AIME style ("boxed": a `#### N` line is not an answer). Runs the same
-    checks as `Grader.grade`; only a case the string screen cannot settle starts a worker process.
+    checks as `Grader.grade` on one worker process shared by all calls with this `timeout_s`
+    (started on the first case the string screen cannot settle, stopped at exit), so a loop of
+    calls costs what one batch does.
     """
-    rewards_B, _ = batch_reward(
-        [response], [reference], answer_style="boxed", workers=1, timeout_s=timeout_s
-    )
+    rewards_B, _ = _shared_grader(timeout_s).grade([response], [reference], answer_style="boxed")
     return float(rewards_B[0])
+
+
+# The graders behind `math_reward`, by (process id, timeout_s): a forked child must not share
+# its parent's pipes to the workers, so it starts its own.
+_shared: dict[tuple[int, float], Grader] = {}
+_shared_lock = threading.Lock()
+
+
+def _shared_grader(timeout_s: float) -> Grader:
+    key = (os.getpid(), float(timeout_s))
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = Grader(workers=1, timeout_s=timeout_s)
+        return _shared[key]
+
+
+@atexit.register
+def close_shared() -> None:
+    """Stop this process's `math_reward` workers (also run at interpreter exit)."""
+    with _shared_lock:
+        for key in [k for k in _shared if k[0] == os.getpid()]:
+            _shared.pop(key).close()

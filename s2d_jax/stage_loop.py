@@ -6,6 +6,9 @@ there, as a function of the step) and a jitted `update(state, batch) -> (state, 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +31,8 @@ def run_loop(
     evaluate: Callable | None = None,
     eval_every: int = 0,
     nan_policy: str = "skip",
+    max_skipped_frac: float = 0.1,
+    max_consecutive_skips: int = 3,
     desc: str = "",
 ):
     """Run `update` from the last checkpoint (if any) to `total_steps`; returns (state, last metrics).
@@ -36,43 +41,111 @@ def run_loop(
     written every `save_every` steps and at the end; after a kill, the same call resumes from the
     last one and reproduces the uninterrupted run, since batches depend only on (seed, step).
     `nan_policy`: "skip" (the train step already left params untouched; count and go on) or "raise".
+    Skipping has a budget (`SkipBudget`): past it the stage fails, naming the skipped steps.
+    Each checkpoint's meta carries the metric rows since the previous one and the skipped steps,
+    so a resume repairs metrics.jsonl and keeps counting skips where the run left off.
     """
     manager = checkpoints.state_manager(stage_dir)
-    restored = checkpoints.restore_latest(manager, state)
-    if restored is not None:
-        state, _ = restored
-    start = int(jax.device_get(state.step))
-    writer = metrics.MetricWriter(stage_dir, resume_step=start)
-    last: dict = {}
-    bar = tqdm.tqdm(
-        range(start, total_steps),
-        initial=start,
-        total=total_steps,
-        desc=desc,
-        disable=jax.process_index() != 0,
-        dynamic_ncols=True,
-    )
-    for step in bar:
-        t0 = time.perf_counter()
-        batch, batch_metrics = make_batch(state.params, step)
-        state, step_metrics = update(state, batch)
-        values = {**batch_metrics, **jax.device_get(step_metrics)}
-        values["time/step_s"] = time.perf_counter() - t0
-        if "rollout/tokens" in values:
-            values["rollout/tokens_per_s"] = values["rollout/tokens"] / values["time/step_s"]
-        if evaluate is not None and eval_every and (step + 1) % eval_every == 0:
-            values.update(evaluate(state.params, step + 1))
-        last = writer.write(step + 1, values)
-        if nan_policy == "raise":  # "skip": the step already kept the old params and counted it
-            metrics.check_finite(step + 1, last)
-        if (step + 1) % save_every == 0:
-            checkpoints.save_state(manager, step + 1, state, {"step": step + 1})
-        bar.set_postfix(_postfix(last), refresh=False)
-    if manager.latest_step() != total_steps:
-        checkpoints.save_state(manager, total_steps, state, {"step": total_steps})
-    manager.close()
-    writer.close()
+    with contextlib.closing(manager):  # closed on failure too: no orbax thread outlives the error
+        restored = checkpoints.restore_latest(manager, state)
+        state, meta = restored if restored is not None else (state, {})
+        start = int(jax.device_get(state.step))
+        budget = SkipBudget(
+            stage=desc or str(stage_dir),
+            max_skipped=math.floor(max_skipped_frac * total_steps),
+            max_consecutive=max_consecutive_skips,
+            skipped=[tuple(s) for s in meta.get("skipped", [])],
+        )
+        writer = metrics.MetricWriter(stage_dir, resume_step=start, saved_rows=meta.get("rows", []))
+        with contextlib.closing(writer):
+            last: dict = {}
+            unsaved: list[dict] = []  # metric rows since the last checkpoint, saved in its meta
+            bar = tqdm.tqdm(
+                range(start, total_steps),
+                initial=start,
+                total=total_steps,
+                desc=desc,
+                disable=jax.process_index() != 0,
+                dynamic_ncols=True,
+            )
+            for step in bar:
+                t0 = time.perf_counter()
+                batch, batch_metrics = make_batch(state.params, step)
+                state, step_metrics = update(state, batch)
+                values = {**batch_metrics, **jax.device_get(step_metrics)}
+                values["time/step_s"] = time.perf_counter() - t0
+                if "rollout/tokens" in values:
+                    values["rollout/tokens_per_s"] = (
+                        values["rollout/tokens"] / values["time/step_s"]
+                    )
+                if evaluate is not None and eval_every and (step + 1) % eval_every == 0:
+                    values.update(evaluate(state.params, step + 1))
+                last = writer.write(step + 1, values)
+                unsaved.append({"step": step + 1, **last})
+                if nan_policy == "raise":  # "skip": the step kept the old params and counted it
+                    metrics.check_finite(step + 1, last, WATCHED)
+                budget.record(step + 1, last)
+                if (step + 1) % save_every == 0:
+                    checkpoints.save_state(manager, step + 1, state, budget.meta(step + 1, unsaved))
+                    unsaved = []
+                bar.set_postfix(_postfix(last), refresh=False)
+            if manager.latest_step() != total_steps:
+                checkpoints.save_state(
+                    manager, total_steps, state, budget.meta(total_steps, unsaved)
+                )
     return state, last
+
+
+WATCHED = ("train/loss", "train/grad_norm")  # a non-finite one makes the train step skip
+MAX_SKIPS_NAMED = 10  # skipped steps listed in the error; the rest are counted
+
+
+@dataclasses.dataclass
+class SkipBudget:
+    """How many non-finite steps a stage may skip: at most `max_skipped` in all and
+    `max_consecutive` in a row. A skip is safe when rare; many mean broken data or a diverged
+    model, and a stage that went on would report a model that barely trained."""
+
+    stage: str
+    max_skipped: int
+    max_consecutive: int
+    skipped: list[tuple[int, list[str]]] = dataclasses.field(default_factory=list)
+
+    def record(self, step: int, values: dict) -> None:
+        """Count `step` if its update was skipped; raise FloatingPointError past the budget."""
+        if not values.get("train/skipped", 0.0):
+            return
+        bad = [k for k in WATCHED if k in values and not math.isfinite(values[k])]
+        if values.get("train/nonfinite_update", 0.0):  # finite loss and gradient, bad update
+            bad.append("the update (params or optimizer state)")
+        self.skipped.append((step, bad or ["train/skipped"]))
+        run = self._trailing_run(step)
+        if len(self.skipped) > self.max_skipped:
+            self._fail(f"{len(self.skipped)} skipped steps, more than {self.max_skipped} allowed")
+        if run > self.max_consecutive:
+            self._fail(f"{run} consecutive skipped steps, more than {self.max_consecutive} allowed")
+
+    def _trailing_run(self, step: int) -> int:
+        run = 0
+        for s, _ in reversed(self.skipped):
+            if s != step - run:
+                break
+            run += 1
+        return run
+
+    def _fail(self, what: str) -> None:
+        shown = self.skipped[:MAX_SKIPS_NAMED]
+        steps = "; ".join(f"step {s}: {', '.join(keys)} not finite" for s, keys in shown)
+        if len(self.skipped) > len(shown):
+            steps += f"; ... and {len(self.skipped) - len(shown)} more"
+        raise FloatingPointError(
+            f"stage {self.stage!r}: {what} (stage settings max_skipped_frac, "
+            f"max_consecutive_skips); the stage is not marked done: {steps}"
+        )
+
+    def meta(self, step: int, rows: list[dict]) -> dict:
+        """A checkpoint's meta: its step, the rows since the last checkpoint, the skips so far."""
+        return {"step": step, "rows": rows, "skipped": [list(s) for s in self.skipped]}
 
 
 def _postfix(values: dict) -> dict:

@@ -314,3 +314,35 @@ def test_prompt_styles(hf_dir):
     )  # chat markers are special tokens, dropped by decode
     with pytest.raises(ValueError, match="style"):
         prompts.PromptConfig(style="fancy")
+
+
+@pytest.mark.parametrize(
+    "content, found",
+    [
+        ("", r"has no rows \(empty file\)"),
+        (
+            json.dumps({"question": "Q", "answer": "1"}) + "\n" + json.dumps({"problem": "Q"}),
+            r"has 2 rows and none is usable: dropped by reason \{'missing_field': 2\}",
+        ),
+        (
+            "{bad\n[1, 2]\n",
+            r"has 2 rows and none is usable: dropped by reason \{'bad_json': 1, 'not_an_object': 1\}",
+        ),
+    ],
+    ids=["empty", "wrong_column", "malformed"],
+)
+def test_file_without_usable_rows_is_named_before_the_build(tmp_path, content, found):
+    path = tmp_path / "pool.jsonl"
+    path.write_text(content)
+    data_dir = tmp_path / "d"
+    with pytest.raises(sources.NoUsableRowsError) as err:
+        datasets.load_examples(
+            "math_train",
+            "train",
+            manual_path=str(path),
+            config="problem_answer",
+            data_dir=str(data_dir),
+        )
+    assert re.search(rf"{re.escape(str(path))} {found}", str(err.value))
+    assert "expected JSONL or parquet rows with columns 'problem' (problem text)" in str(err.value)
+    assert not (data_dir / "math_train").exists()  # tfds never started

@@ -227,3 +227,46 @@ def test_misshaped_tensor_is_named(saved):
     _rewrite(path, lambda t: t.update({"model.norm.weight": np.zeros(31, np.float32)}))
     with pytest.raises(ValueError, match=r"model\.norm\.weight.*\(31,\).*\(32,\)"):
         hf_io.load_hf(path)
+
+
+def test_non_finite_weight_is_named(saved):
+    path, *_ = saved
+
+    def poison(tensors):
+        tensors["model.layers.1.mlp.up_proj.weight"][3, 5] = np.nan
+
+    _rewrite(path, poison)
+    # up_proj [F, D] is stored [D, F] here: HF index (3, 5) is our (5, 3)
+    with pytest.raises(
+        ValueError,
+        match=r"'model\.layers\.1\.mlp\.up_proj\.weight' in .*model\.safetensors has 1 "
+        r"non-finite values \(first at index \(5, 3\)",
+    ):
+        hf_io.load_hf(path)
+
+
+def test_truncated_safetensors_is_named(saved):
+    path, *_ = saved
+    file = path / "model.safetensors"
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"model\.safetensors is not a readable safetensors file"):
+        hf_io.load_hf(path)
+
+
+def test_malformed_config_names_file_and_line(saved):
+    path, *_ = saved
+    (path / "config.json").write_text('{\n  "vocab_size": 64,\n  "hidden_size": ')
+    with pytest.raises(ValueError, match=r"config\.json is not valid JSON \(line 3"):
+        hf_io.load_hf(path)
+
+
+def test_incomplete_config_names_missing_keys(saved):
+    path, *_ = saved
+    config = json.loads((path / "config.json").read_text())
+    del config["num_attention_heads"], config["model_type"], config["architectures"]
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError,
+        match=r"config\.json lacks \['num_attention_heads', 'architectures or model_type'\]",
+    ):
+        hf_io.load_hf(path)

@@ -159,6 +159,7 @@ def test_nan_batch_is_skipped_and_counted(tmp_path, monkeypatch):
     """A batch that makes the loss NaN leaves params untouched, is counted, and the run goes on."""
     _poison_grpo(monkeypatch, bad_step=1)
     config = _toy(keep_stages=("student_sft", "direct_grpo"), steps=3)
+    config.stages.direct_grpo.max_skipped_frac = 0.34  # one of three steps may skip
     summaries = pipeline.run(config, tmp_path)
     rows = metrics.read_metrics(tmp_path / "direct_grpo")
     assert [r["train/skipped"] for r in rows] == [0.0, 1.0, 0.0]
@@ -172,6 +173,18 @@ def test_nan_policy_raise_names_step_and_metric(tmp_path, monkeypatch):
     with pytest.raises(FloatingPointError, match=r"step 1: metric train/loss"):
         pipeline.run(config, tmp_path)
     assert not (tmp_path / "direct_grpo" / "DONE").exists()
+
+
+def test_skips_past_the_budget_fail_the_stage(tmp_path, monkeypatch):
+    """The default max_skipped_frac 0.1 of a 2-step stage allows no skip."""
+    _poison_grpo(monkeypatch, bad_step=1)
+    config = _toy(keep_stages=("student_sft", "direct_grpo"))
+    with pytest.raises(
+        FloatingPointError, match=r"'direct_grpo': 1 skipped steps.*step 2: train/loss"
+    ):
+        pipeline.run(config, tmp_path)
+    assert not (tmp_path / "direct_grpo" / "DONE").exists()
+    assert not (tmp_path / "RUN_LOCK").exists()  # released on failure
 
 
 def test_format_reward_pays_extractable_wrong_answers(tmp_path, monkeypatch):
@@ -204,3 +217,97 @@ def test_checkpoints_follow_save_every(tmp_path):
     pipeline.run(config, tmp_path)
     steps = sorted(int(p.name) for p in (tmp_path / "student_sft" / "checkpoints").iterdir())
     assert steps == [2]
+
+
+FAILING_CONFIG = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import shrink_config
+from configs import toy_arith
+from s2d_jax import pipeline, stages
+
+_grpo = stages.grpo_batches
+
+
+def _failing(ctx, stage, policy, teacher):
+    make_batch, total = _grpo(ctx, stage, policy, teacher)
+
+    def make(params, step):
+        if step == 1:  # after a step: grader workers, writers and checkpoints are all in use
+            raise RuntimeError("the real error")
+        return make_batch(params, step)
+
+    return make, total
+
+
+pipeline.STAGES["grpo"] = _failing
+
+
+def get_config(arg=None):
+    config = shrink_config(toy_arith.get_config("stage3=false"), keep_stages=("teacher_grpo",))
+    config.stages.teacher_grpo.init_from = "base"
+    config.eval.splits = ""
+    return config
+"""
+
+
+def test_a_failure_ends_with_its_error(tmp_path):
+    """Nothing is printed after the traceback (no shutdown noise from open pools or writers)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    config_file = tmp_path / "config.py"
+    config_file.write_text(FAILING_CONFIG.format(tests=str(repo / "tests")))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "s2d_jax.main",
+            f"--config={config_file}",
+            f"--workdir={tmp_path / 'run'}",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 1
+    assert out.stderr.rstrip().splitlines()[-1] == "RuntimeError: the real error"
+    assert "Exception ignored" not in out.stderr
+    assert not (tmp_path / "run" / "RUN_LOCK").exists()
+
+
+def test_error_is_printed_after_what_the_failure_left_behind():
+    """An object held only by the failing frame (as orbax's coroutines of a failed restore are)
+    is finalized before the traceback is printed, so its output cannot bury the error."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import sys
+from s2d_jax import main
+
+class Leftover:
+    def __del__(self):
+        sys.stderr.write("noise from a finalizer\\n")
+
+def fail():
+    leftover = Leftover()
+    raise RuntimeError("the real error")
+
+main.run_reporting_errors(fail)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = out.stderr.rstrip().splitlines()
+    assert out.returncode == 1
+    assert lines[0] == "noise from a finalizer"
+    assert lines[-1] == "RuntimeError: the real error"

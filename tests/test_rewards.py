@@ -513,3 +513,37 @@ def test_pool_reports_a_worker_that_cannot_start(fake_worker, monkeypatch):
     with grading_pool.VerifierPool(workers=1, timeout_s=1.0) as pool:
         with pytest.raises(RuntimeError, match="exited with code 3 before it was ready"):
             pool.verify([("a", "a")])
+
+
+def test_math_reward_keeps_one_worker_across_calls(fake_worker, monkeypatch):
+    """A loop of math_reward calls that all need the verifier starts one worker, not one each."""
+    spawned = []
+    spawn = grading_pool.VerifierPool._spawn
+    monkeypatch.setattr(
+        grading_pool.VerifierPool, "_spawn", lambda self: spawned.append(1) or spawn(self)
+    )
+    rewards.close_shared()
+    try:
+        results = [rewards.math_reward(rf"\boxed{{{i}}}", "x") for i in range(20)]
+        assert results == [0.0] * 20  # the fake worker: different strings are wrong
+        assert len(spawned) == 1
+        (pool,) = [g._pool for g in rewards._shared.values()]
+        (proc,) = pool._procs
+    finally:
+        rewards.close_shared()
+    assert proc.poll() is not None  # the worker is stopped
+    assert rewards.math_reward(r"\boxed{1}", "x") == 0.0  # and a later call starts a new one
+    rewards.close_shared()
+
+
+def test_math_reward_exits_cleanly():
+    import subprocess
+    import sys
+
+    code = (
+        "from s2d_jax import rewards; print(rewards.math_reward(r'so \\boxed{0.5}', r'\\frac12'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert (out.returncode, out.stdout, out.stderr) == (0, "1.0\n", "")

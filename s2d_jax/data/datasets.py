@@ -156,6 +156,10 @@ def _prepared_builder(name, data_dir, manual_path, config):
     builder = builder_cls(
         data_dir=data_dir or default_data_dir(), config=builder_config, file_format="array_record"
     )
+    if manual_path is not None and not builder.is_prepared():
+        # A file with no usable row fails here with our counts, before tfds starts a build
+        # (which would stop on its own "No examples were yielded" instead).
+        sources.read_examples(manual_path, builder_config.columns, id_prefix="", dedup=False)
     builder.download_and_prepare(download_config=download_config)
     return builder
 

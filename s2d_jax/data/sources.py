@@ -6,7 +6,8 @@ Every dataset comes out as a list of plain dicts with the same keys (`EXAMPLE_FI
 A `ColumnMap` says where each field sits in a source row, so any file with a problem and an answer
 can be read (DAPO-Math-17K's chat-list prompt and nested ground truth included). A malformed row
 (bad JSON, a missing or non-text field, an empty problem or answer) is skipped and counted in the
-`ReadStats`, never fatal; a missing file is an error naming the path and the expected columns.
+`ReadStats`; a missing file, or one with no usable row at all, is an error naming the path, the
+expected columns and (for the latter) how many rows were dropped for which reason.
 Nothing here knows about tensorflow-datasets, so it is testable on plain files.
 """
 
@@ -184,7 +185,27 @@ def read_examples(
         seen[key] = example["answer"]
         examples.append(example)
     stats.kept = len(examples)
+    _require_rows(path, columns, stats)
     return examples, stats
+
+
+class NoUsableRowsError(ValueError):
+    """A source file from which no example could be read."""
+
+
+def _require_rows(path: str, columns: ColumnMap, stats: ReadStats) -> None:
+    """Raise when nothing of `path` was kept: a wrong column layout or a broken file would else
+    become an empty pool, found only when a stage draws its first batch."""
+    if stats.kept:
+        return
+    if not stats.rows:
+        found = "has no rows (empty file)"
+    else:
+        found = (
+            f"has {stats.rows} rows and none is usable: dropped by reason {dict(stats.skipped)}; "
+            f"first errors: {stats.errors}"
+        )
+    raise NoUsableRowsError(f"{path} {found}; expected {columns.describe()}")
 
 
 def _iter_rows(path: str, stats: ReadStats):
