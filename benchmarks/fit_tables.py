@@ -7,7 +7,7 @@ Each row is one `python -m s2d_jax.tools.fit` run in its own process (the fake d
 fixed when jax starts), in the pipeline's precision: float32 master weights and AdamW moments,
 bfloat16 compute, a frozen teacher and the sampler's weights in bfloat16. Printed as markdown,
 per-device GiB: the train step's total and its arguments (the train state and the batch), the
-sampler's prefill / decode totals.
+sampler's prefill / decode totals (as many sampler rows as train rows, 4,096 cache slots).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ ROWS = {
         "--teacher_preset qwen3_8b --skip_sampler",
     ),
 }
-COMMON = "--seq 4096 --prompt_len 512 --sample_batch 512 --dtype bfloat16"
+COMMON = "--seq 4096 --prompt_len 512 --dtype bfloat16"  # sampler rows = train rows
 
 
 def measure(args: str) -> dict:
@@ -68,8 +68,6 @@ def measure(args: str) -> dict:
         out = Path(tmp) / "fit.json"
         cmd = [sys.executable, "-m", "s2d_jax.tools.fit", *args.split(), *COMMON.split()]
         cmd += ["--json", str(out)]
-        if "--batch 1" in args:  # one GPU: one sampler row per train row is not the question
-            cmd[cmd.index("--sample_batch") + 1] = "64"
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         return json.loads(out.read_text())
 
@@ -90,7 +88,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated: {list(ROWS)}")
     names = parser.parse_args(argv).rows.split(",")
-    print(f"fit arguments common to every row: {COMMON} (one GPU: --sample_batch 64)")
+    print(f"fit arguments common to every row: {COMMON}")
     print("| model, mesh | train step total | train step arguments | sampler prefill / decode |")
     print("|---|---|---|---|")
     for name in names:

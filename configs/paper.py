@@ -38,6 +38,12 @@ PAIRS = {
     "llama": ("llama3_70b", "llama3_8b"),
     "tiny": ("tiny_qwen3_teacher", "tiny_qwen3_student"),
 }
+# The slice each pair is sized for (README "Will it fit?"): Qwen3 pairs on 8 chips as (1, 8, 1),
+# Llama on 32 chips as (1, 8, 4); fsdp -1 takes the devices the other axes leave.
+PAIR_TENSOR = {"qwen3_8b": 1, "qwen3_14b": 1, "llama": 4, "tiny": 1}
+# Rows of one micro-batch: one row a device over data x fsdp (8 on the slices above), so a step's
+# activations are one row's whatever the stage's batch; a stage accumulates rows / 8 of them.
+MICRO_BATCH_ROWS = 8
 # pair=tiny, the laptop twin: random Qwen3-shaped checkpoints written into the run directory, the
 # shipped DAPO-layout file, and these sizes; stages, losses, dtypes and eval splits as on a pod.
 TINY = dict(steps=2, prompts=2, group=4, rollouts=4, max_new=24, micro_batches=2, problems=2)
@@ -65,7 +71,7 @@ def get_config(arg=None):
             "give no teacher_path, student_path or data_path"
         )
     teacher_preset, student_preset = PAIRS[arg.pair]
-    mesh = common.mesh(data=1, fsdp=-1, tensor=1)
+    mesh = common.mesh(data=1, fsdp=-1, tensor=PAIR_TENSOR[arg.pair])
     config = common.base(arg.seed, "skip", 2 if tiny else 8, mesh_sizes=mesh)
     # Qwen3 chat template with thinking off (paper code default); DAPO columns need data_path.
     data_path = common.shipped_file("tiny_dapo_math.jsonl") if tiny else arg.data_path
@@ -94,6 +100,7 @@ def _grpo(model, init_from, data):
         model, init_from, data, 0, GRPO["prompts"], GRPO["group"], GRPO["max_new"], GRPO["lr"]
     )
     stage.epochs = GRPO["epochs"]
+    stage.micro_batches = GRPO["prompts"] * GRPO["group"] // MICRO_BATCH_ROWS
     return stage
 
 
@@ -114,8 +121,10 @@ def _bridge(stages, teacher, data, fkl=True, opd=True):
             t["max_new"],
             t["lr"],
         )
-    for stage in stages.values():
-        stage.micro_batches = 8  # 64 prompts x 8 rollouts, accumulated in 8 micro-batches
+    if fkl:  # batch_size counts teacher rollouts (sequences)
+        stages.fkl.micro_batches = t["prompts"] // MICRO_BATCH_ROWS
+    if opd:  # batch_size counts prompts, each sampled `rollouts` times
+        stages.opd.micro_batches = t["prompts"] * t["rollouts"] // MICRO_BATCH_ROWS
     return stages
 
 
@@ -148,7 +157,7 @@ def _shrink_to_tiny(config):
         stage.sampling.max_new_tokens = t["max_new"]
         stage.batch_size = t["prompts"]
         stage.samples_per_prompt = t["group"] if stage.kind == "grpo" else t["rollouts"]
-        stage.micro_batches = 1 if stage.kind == "grpo" else t["micro_batches"]
+        stage.micro_batches = t["micro_batches"]
     config.eval.update(samples=2, max_new_tokens=t["max_new"], max_problems=t["problems"])
 
 
