@@ -72,8 +72,8 @@ class StageConfig:
     optim: OptimizerConfig
     grpo: GrpoConfig
     # nan_policy "skip" fails the stage past either: skipped steps / steps, skipped in a row
-    max_skipped_frac: float = 0.1
-    max_consecutive_skips: int = 3
+    max_skipped_frac: float
+    max_consecutive_skips: int
 
 
 @dataclasses.dataclass(frozen=True)

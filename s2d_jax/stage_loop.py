@@ -31,8 +31,8 @@ def run_loop(
     evaluate: Callable | None = None,
     eval_every: int = 0,
     nan_policy: str = "skip",
-    max_skipped_frac: float = 0.1,
-    max_consecutive_skips: int = 3,
+    max_skipped_frac: float,
+    max_consecutive_skips: int,
     desc: str = "",
 ):
     """Run `update` from the last checkpoint (if any) to `total_steps`; returns (state, last metrics).

@@ -45,6 +45,7 @@ def _make_batch(kill_at=None):
 
 
 def _run(stage_dir, total=6, skip_steps=(), kill_at=None, **kwargs):
+    kwargs = {"max_skipped_frac": 0.1, "max_consecutive_skips": 3, **kwargs}  # the config's
     return stage_loop.run_loop(
         stage_dir=stage_dir,
         state=_state(),
