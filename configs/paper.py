@@ -17,8 +17,11 @@ Model pairs (`pair=`): qwen3_8b (Qwen3-8B -> Qwen3-1.7B), qwen3_14b (Qwen3-14B -
 pair's preset is an error (swapped or wrong paths fail before any compute). Paths are required:
 teacher_path and student_path (local Hugging Face checkpoints), data_path (DAPO-Math-17K
 parquet/JSONL). A missing one fails before any compute.
-Hardware: a TPU pod slice or GPUs (float32 master weights and AdamW state, bfloat16 compute; see
-README "Will it fit?"). Runtime: days.
+Hardware: a TPU pod slice or GPUs (float32 master weights and AdamW state, bfloat16 compute).
+The Qwen3 pairs are laid out for 8 chips as (1, 8, 1) and Llama for 32 chips as (1, 8, 4); every
+stage's batch is split into micro-batches of one row a device. README "Will it fit?" gives the
+per-device memory at 4,096 tokens a row. At the paper's 16k-token responses the train step does
+not fit yet: attention materialises its scores. Runtime: days.
 
 pair=tiny is the laptop twin of any arm: the same stage chain, losses and dtypes on random tiny
 Qwen3-shaped checkpoints (written into the workdir, one chat tokenizer), the shipped DAPO-layout
