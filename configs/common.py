@@ -26,8 +26,20 @@ def parse_arg(arg, **defaults):
         if key not in defaults:
             raise KeyError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
         kind = type(defaults[key])
-        result[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+        result[key] = _parse_bool(key, value) if kind is bool else kind(value)
     return result
+
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _parse_bool(key, value):
+    """A boolean config argument: only these forms, so a typo never reads as False."""
+    if value.lower() not in _TRUE + _FALSE:
+        raise ValueError(
+            f"config argument {key}={value!r}: expected one of {', '.join(_TRUE + _FALSE)}"
+        )
+    return value.lower() in _TRUE
 
 
 def base(seed, nan_policy="skip", grader_workers=2, mesh_sizes=None):

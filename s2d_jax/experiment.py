@@ -99,7 +99,80 @@ def to_dataclass(cls, value, where: str):
     missing = sorted(required - set(data) - {"name", "role"})
     if missing:
         raise KeyError(f"{where}: missing key(s) {missing}")
-    return cls(**data)
+    record = cls(**data)
+    check_ranges(record, where)
+    return record
+
+
+def _at_least(low):
+    return (lambda v: v >= low), f">= {low}"
+
+
+def _above(low):
+    return (lambda v: v > low), f"> {low}"
+
+
+def _between(low, high):
+    return (lambda v: low <= v <= high), f"in [{low}, {high}]"
+
+
+_PROBABILITY_MASS = ((lambda v: 0 < v <= 1), "in (0, 1]")
+_DECAY = ((lambda v: 0 <= v < 1), "in [0, 1)")
+# The allowed values of every numeric field, checked when a record is built from a config, so
+# that e.g. a negative step count or learning rate fails here, naming the field.
+RANGES = {
+    "StageConfig": dict(
+        steps=_at_least(0),
+        epochs=_at_least(1),
+        batch_size=_at_least(1),
+        micro_batches=_at_least(1),
+        save_every=_at_least(1),
+        eval_every=_at_least(0),
+        samples_per_prompt=_at_least(1),
+        chunk_size=_at_least(1),
+        max_skipped_frac=_between(0, 1),
+        max_consecutive_skips=_at_least(0),
+    ),
+    "SamplingConfig": dict(
+        max_new_tokens=_at_least(0),
+        temperature=_at_least(0),
+        top_p=_PROBABILITY_MASS,
+        top_k=_at_least(0),
+    ),
+    "OptimizerConfig": dict(
+        lr=_at_least(0),
+        warmup_steps=_at_least(0),
+        total_steps=_at_least(0),
+        b1=_DECAY,
+        b2=_DECAY,
+        eps=_above(0),
+        weight_decay=_at_least(0),
+        grad_clip=_at_least(0),
+    ),
+    "GrpoConfig": dict(
+        clip_eps=_above(0),
+        clip_eps_high=_at_least(0),
+        kl_coef=_at_least(0),
+        format_reward=_between(0, 1),
+    ),
+    "EvalConfig": dict(
+        samples=_at_least(1),
+        max_new_tokens=_at_least(1),
+        temperature=_at_least(0),
+        top_p=_PROBABILITY_MASS,
+        top_k=_at_least(0),
+        max_problems=_at_least(0),
+        batch_size=_at_least(1),
+    ),
+}
+
+
+def check_ranges(record, where: str) -> None:
+    """Raise ValueError naming `where.<field>`, its value and the allowed range when out of it."""
+    for field, (ok, allowed) in RANGES.get(type(record).__name__, {}).items():
+        value = getattr(record, field)
+        if not ok(value):
+            raise ValueError(f"{where}.{field} = {value!r}; expected {allowed}")
 
 
 def parse_models(config) -> dict[str, ModelSpec]:
@@ -134,7 +207,8 @@ def parse_stage(name: str, stage) -> StageConfig:
     data = stage.to_dict() if hasattr(stage, "to_dict") else dict(stage)
     if isinstance(data.get("optim"), dict) and "steps" in data:
         # cosine schedules decay over the stage; a stage sized by epochs sets it when it starts
-        data["optim"].setdefault("total_steps", data["steps"])
+        # (a negative `steps` is reported by the StageConfig check, naming it)
+        data["optim"].setdefault("total_steps", max(data["steps"], 0))
     for key, cls in (
         ("sampling", SamplingConfig),
         ("optim", OptimizerConfig),
@@ -149,8 +223,10 @@ def parse_stage(name: str, stage) -> StageConfig:
         raise ValueError(
             f"{where}.loss = {parsed.loss!r}; a {parsed.kind} stage takes {DISTILL_LOSSES[parsed.kind]}"
         )
-    if parsed.save_every < 1:
-        raise ValueError(f"{where}.save_every = {parsed.save_every}; expected >= 1 (steps)")
+    if parsed.kind != "eval" and parsed.optim.lr <= 0:
+        raise ValueError(
+            f"{where}.optim.lr = {parsed.optim.lr}; a {parsed.kind} stage needs lr > 0"
+        )
     if parsed.batch_size % parsed.micro_batches:
         raise ValueError(f"{where}: batch_size {parsed.batch_size} % micro_batches != 0")
     return parsed

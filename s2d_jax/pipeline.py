@@ -85,6 +85,14 @@ def validate(config) -> Plan:
     for spec in models.values():
         if spec.hf_path:
             model_config(spec, vocab_size=None)  # reads config.json, checks the preset's dims
+    # Every pool a stage or the evaluation reads exists (checked by name, no data read), so a
+    # typo fails now and not after a stage has trained.
+    pools = [(f"config.stages.{s.name}.data", s.data) for s in stage_cfgs if s.kind != "eval"]
+    for where, name in pools + [("config.eval.splits", split) for split in eval_cfg.splits]:
+        try:
+            tasks.resolve_pool(task_cfg, name)
+        except KeyError as error:
+            raise KeyError(f"{where}: {error.args[0]}") from None
     if config.export_hf and config.export_hf not in [s.name for s in stage_cfgs]:
         raise KeyError(f"config.export_hf = {config.export_hf!r} is not a stage of this config")
     if config.nan_policy not in ("skip", "raise"):

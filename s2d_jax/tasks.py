@@ -46,6 +46,29 @@ def parse_task(config) -> TaskConfig:
     return task
 
 
+def resolve_pool(cfg: TaskConfig, name: str) -> tuple[str, str, str | None]:
+    """(dataset, split, half or None) of a pool name (see the module docstring); a KeyError
+    names the pool and what exists when the dataset or split is unknown. Reads no data."""
+    base, half = name, None
+    if name.endswith(("_1h", "_2h")):
+        base, half = name[:-3], name[-2:].upper()
+    own_splits = datasets.SPLITS[cfg.name]
+    if ":" in base:
+        dataset, split = base.split(":", 1)
+    elif base in own_splits:
+        dataset, split = cfg.name, base
+    elif base in datasets.SPLITS:
+        dataset, split = base, "test"
+    else:
+        dataset, split = "", ""
+    if split not in datasets.SPLITS.get(dataset, ()):
+        raise KeyError(
+            f"unknown data pool {name!r}; splits of {cfg.name}: {own_splits}, other "
+            f"datasets: {sorted(datasets.SPLITS)} (append _1h/_2h for a half)"
+        )
+    return dataset, split, half
+
+
 class Task:
     """Tokenizer + prompts + pools. `tokenizer_path` is an HF directory or a sentencepiece file."""
 
@@ -58,25 +81,6 @@ class Task:
     def arith_config(self) -> toy_arith.ArithConfig:
         return toy_arith.ArithConfig(**self.cfg.arith)
 
-    def _resolve(self, name: str) -> tuple[str, str, str | None]:
-        """(dataset, split, half or None) of a pool name (see the module docstring)."""
-        base, half = name, None
-        if name.endswith(("_1h", "_2h")):
-            base, half = name[:-3], name[-2:].upper()
-        own_splits = datasets.SPLITS[self.cfg.name]
-        if ":" in base:
-            dataset, split = base.split(":", 1)
-        elif base in own_splits:
-            dataset, split = self.cfg.name, base
-        elif base in datasets.SPLITS:
-            dataset, split = base, "test"
-        else:
-            raise KeyError(
-                f"unknown data pool {name!r}; splits of {self.cfg.name}: {own_splits}, other "
-                f"datasets: {sorted(datasets.SPLITS)} (append _1h/_2h for a half)"
-            )
-        return dataset, split, half
-
     def answer_style(self, name: str) -> str:
         """How completions on a pool state their final answer (`rewards.ANSWER_STYLES`).
 
@@ -84,14 +88,14 @@ class Task:
         layout; every other pool (MATH, AIME, the toy) boxes its answer, and there a later
         `#### N` line is not an answer.
         """
-        dataset, _, _ = self._resolve(name)
+        dataset, _, _ = resolve_pool(self.cfg, name)
         gsm8k_file = dataset == "math_train" and self.cfg.train_columns == "gsm8k"
         return "gsm8k" if dataset == "gsm8k" or gsm8k_file else "boxed"
 
     @functools.cache  # noqa: B019 (a Task lives for one run; pools are reused by every stage)
     def pool(self, name: str) -> tuple[dict, ...]:
         """The examples of a pool name (see the module docstring)."""
-        dataset, split, half = self._resolve(name)
+        dataset, split, half = resolve_pool(self.cfg, name)
         examples = self._load(dataset, split)
         if half is not None:
             examples = datasets.half_split(examples, half, seed=self.cfg.split_seed)

@@ -237,3 +237,55 @@ def test_calibration_config_sizes_and_shrunk_run(tmp_path):
     assert "eval/test/avg@2" in summaries["sft"] and "eval/test/avg@2" in summaries["grpo"]
     report = (tmp_path / "report.md").read_text()
     assert "warm-started (before GRPO)" in report and "after GRPO" in report
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (("stages", "fkl", "steps", -3), r"config\.stages\.fkl\.steps = -3; expected >= 0"),
+        (("stages", "fkl", "batch_size", 0), r"config\.stages\.fkl\.batch_size = 0; expected >= 1"),
+        (("stages", "opd", "optim", "lr", -1.0), r"config\.stages\.opd\.optim\.lr = -1\.0"),
+        (("stages", "opd", "optim", "lr", 0.0), r"a on_policy_kl stage needs lr > 0"),
+        (
+            ("stages", "opd", "sampling", "top_p", 1.5),
+            r"sampling\.top_p = 1\.5; expected in \(0, 1\]",
+        ),
+        (("stages", "teacher_grpo", "grpo", "kl_coef", -0.1), r"grpo\.kl_coef = -0\.1"),
+        (("eval", "max_problems", -1), r"config\.eval\.max_problems = -1; expected >= 0"),
+        (
+            ("stages", "fkl", "max_skipped_frac", 2.0),
+            r"max_skipped_frac = 2\.0; expected in \[0, 1\]",
+        ),
+    ],
+)
+def test_out_of_range_values_fail_at_the_boundary_naming_the_field(override, message):
+    config = paper.get_config("arm=full,pair=tiny")
+    *path, value = override
+    node = config
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ValueError, match=message):
+        pipeline.validate(config)
+
+
+def test_boolean_arguments_accept_only_true_and_false_forms():
+    assert "stage3" not in toy_arith.get_config("stage3=No").stages
+    assert "stage3" in toy_arith.get_config("stage3=TRUE").stages
+    with pytest.raises(ValueError, match=r"stage3='ture': expected one of true, 1, yes, false"):
+        toy_arith.get_config("stage3=ture")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [(("eval", "splits"), "math500,aime23"), (("stages", "fkl", "data"), "train_3h")],
+)
+def test_unknown_pool_or_eval_split_fails_at_validation(field, value):
+    config = paper.get_config("arm=full,pair=tiny")
+    node = config
+    for key in field[:-1]:
+        node = node[key]
+    node[field[-1]] = value
+    where = "config.eval.splits" if field[0] == "eval" else "config.stages.fkl.data"
+    with pytest.raises(KeyError, match=rf"{where}: unknown data pool '{value.split(',')[-1]}'"):
+        pipeline.validate(config)
