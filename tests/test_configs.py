@@ -239,6 +239,16 @@ def test_calibration_config_sizes_and_shrunk_run(tmp_path):
     assert "warm-started (before GRPO)" in report and "after GRPO" in report
 
 
+def _tiny_with(path, value):
+    """`configs/paper.py:arm=full,pair=tiny` with the field at `path` (a key sequence) set."""
+    config = paper.get_config("arm=full,pair=tiny")
+    node = config
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return config
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -259,12 +269,8 @@ def test_calibration_config_sizes_and_shrunk_run(tmp_path):
     ],
 )
 def test_out_of_range_values_fail_at_the_boundary_naming_the_field(override, message):
-    config = paper.get_config("arm=full,pair=tiny")
     *path, value = override
-    node = config
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
+    config = _tiny_with(path, value)
     with pytest.raises(ValueError, match=message):
         pipeline.validate(config)
 
@@ -281,11 +287,7 @@ def test_boolean_arguments_accept_only_true_and_false_forms():
     [(("eval", "splits"), "math500,aime23"), (("stages", "fkl", "data"), "train_3h")],
 )
 def test_unknown_pool_or_eval_split_fails_at_validation(field, value):
-    config = paper.get_config("arm=full,pair=tiny")
-    node = config
-    for key in field[:-1]:
-        node = node[key]
-    node[field[-1]] = value
+    config = _tiny_with(field, value)
     where = "config.eval.splits" if field[0] == "eval" else "config.stages.fkl.data"
     with pytest.raises(KeyError, match=rf"{where}: unknown data pool '{value.split(',')[-1]}'"):
         pipeline.validate(config)
