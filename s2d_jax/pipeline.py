@@ -203,8 +203,7 @@ def load_params(ctx: Context, role: str, ref: str, *, frozen: bool = False):
     if ref == "base":
         if spec.hf_path:
             return cfg, hf_io.load_hf(spec.hf_path, dtype=cfg.param_dtype, shardings=shardings)[1]
-        seed = jax.random.fold_in(jax.random.key(ctx.seed), sum(map(ord, role)))
-        return cfg, placement.init_params(ctx.mesh, cfg, seed)
+        return cfg, placement.init_params(ctx.mesh, cfg, random_models.init_key(ctx.seed, role))
     stage_dir = ctx.workdir / ref
     if (stage_dir / "DONE").exists() or (stage_dir / "params").exists():
         target = model.abstract_params(cfg)

@@ -44,7 +44,7 @@ def materialize(models: dict[str, ModelSpec], workdir: Path, seed: int) -> dict[
         tokenizer_dir = _write_once(root / "tokenizer", write_tokenizer)
         for role in roles:
             cfg = model.ModelConfig.preset(models[role].preset)
-            key = jax.random.fold_in(jax.random.key(seed), sum(map(ord, role)))
+            key = init_key(seed, role)
             write = functools.partial(
                 _write_checkpoint, cfg=cfg, key=key, tokenizer_dir=tokenizer_dir
             )
@@ -55,6 +55,11 @@ def materialize(models: dict[str, ModelSpec], workdir: Path, seed: int) -> dict[
         role: dataclasses.replace(spec, hf_path=str(root / role)) if role in roles else spec
         for role, spec in models.items()
     }
+
+
+def init_key(seed: int, role: str) -> jax.Array:
+    """The key of a role's random init: a fresh-init toy and a random checkpoint draw alike."""
+    return jax.random.fold_in(jax.random.key(seed), sum(map(ord, role)))
 
 
 def _write_once(out: Path, write) -> Path:

@@ -39,7 +39,7 @@ def test_random_checkpoints_load_like_real_ones(materialized):
         )
         # The random init of the preset (seeded by the run's seed and the role); written from a
         # jitted init, whose fused normal sampling may differ from eager in the last bit.
-        key = jax.random.fold_in(jax.random.key(0), sum(map(ord, role)))
+        key = jax.random.fold_in(jax.random.key(0), sum(map(ord, role)))  # as a toy fresh init
         want = model.init_params(expected, key)
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
