@@ -22,7 +22,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from s2d_jax import pipeline, sampler, tasks
+from s2d_jax.data.task import Task, build_tokenizer
+from s2d_jax.rollout import sampler
+from s2d_jax.workflow import pipeline
 
 
 def power_of_two(n: int, minimum: int = sampler.MIN_BUCKET) -> int:
@@ -45,9 +47,7 @@ def main(argv):
     plan = pipeline.validate(_CONFIG.value)
     hf_path = next((m.hf_path for m in plan.models.values() if m.hf_path), "")
     with tempfile.TemporaryDirectory() as workdir:
-        task = tasks.Task(
-            plan.task_cfg, tasks.build_tokenizer(plan.task_cfg, Path(workdir), hf_path)
-        )
+        task = Task(plan.task_cfg, build_tokenizer(plan.task_cfg, Path(workdir), hf_path))
         pool = task.pool(_SPLIT.value)[: _PROBLEMS.value]
         lengths = np.array([len(task.prompt_ids(example)) for example in pool])
     print(

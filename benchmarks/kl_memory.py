@@ -21,7 +21,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from s2d_jax import kl_chunked, losses
+from s2d_jax.learn import kl_chunked, losses
 
 GIB = 2**30
 

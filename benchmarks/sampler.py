@@ -31,7 +31,8 @@ import time
 import jax
 import numpy as np
 
-from s2d_jax import hf_io, model, sampler
+from s2d_jax.model import decoder, hf_io
+from s2d_jax.rollout import sampler
 
 GB = 1e9
 
@@ -120,7 +121,7 @@ def step_bytes(cfg, params, batch: int, prompt_len: int, new_tokens: int) -> tup
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default=None, help="a model.ModelConfig preset (accelerator)")
+    parser.add_argument("--preset", default=None, help="a decoder.ModelConfig preset (accelerator)")
     parser.add_argument("--hf_path", default=None, help="an HF checkpoint directory (float32)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--prompt_len", type=int, default=64)
@@ -138,12 +139,12 @@ def main():
         name = f"{args.hf_path} ({cfg.family})"
     else:
         if args.preset:
-            cfg = model.ModelConfig.preset(
+            cfg = decoder.ModelConfig.preset(
                 args.preset, param_dtype="bfloat16", compute_dtype="bfloat16"
             )
         else:
-            cfg = model.ModelConfig.preset("bench_30m")
-        init = jax.jit(model.init_params, static_argnames="cfg")
+            cfg = decoder.ModelConfig.preset("bench_30m")
+        init = jax.jit(decoder.init_params, static_argnames="cfg")
         params = jax.block_until_ready(init(cfg, jax.random.key(0)))
         name = args.preset or "qwen3-shaped CPU model"
     rng = np.random.default_rng(0)
@@ -153,7 +154,7 @@ def main():
     param_bytes, kv_bytes, filled_kv = step_bytes(cfg, params, B, P, N)
     print(
         f"{jax.default_backend()} ({jax.devices()[0].device_kind}), {name}: "
-        f"{model.count_params(params) / 1e6:.1f}M params, {cfg.compute_dtype}; batch {B}, "
+        f"{decoder.count_params(params) / 1e6:.1f}M params, {cfg.compute_dtype}; batch {B}, "
         f"prompt {P}, {N} new tokens; params {param_bytes / GB:.3f} GB, KV cache "
         f"{kv_bytes / GB:.3f} GB ({slots} slots, {filled_kv / GB:.3f} GB filled on average)"
     )

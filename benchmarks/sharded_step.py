@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/sharded_step.py                 # toy_teacher, 16 rows x 128 tokens
     .venv/bin/python benchmarks/sharded_step.py --preset toy_student --rows 32 --steps 20
 
-The same `train.jit_train_step` (objective "grpo", AdamW, state donated) runs on one device
+The same `steps.jit_train_step` (objective "grpo", AdamW, state donated) runs on one device
 without shardings and on meshes of 8 fake CPU devices with explicit shardings (TRAIN_RULES,
 rows over data x fsdp). The fake devices share the same CPU cores, so this measures the
 overhead of the sharded program (collectives, smaller kernels), not a speed-up.
@@ -71,26 +71,27 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from s2d_jax import model, train
-    from s2d_jax import sharding as sh
+    from s2d_jax.distributed import sharding as sh
+    from s2d_jax.learn import optimizer, steps
+    from s2d_jax.model import decoder
 
     if jax.device_count() < 8:
         raise SystemExit(f"needs 8 devices, jax has {jax.device_count()} (XLA_FLAGS set late?)")
-    cfg = model.ModelConfig.preset(args.preset, vocab_size=32)
+    cfg = decoder.ModelConfig.preset(args.preset, vocab_size=32)
     rng = np.random.default_rng(0)
     params = jax.tree.map(
-        lambda a: rng.normal(0, 0.02, a.shape).astype(np.float32), model.abstract_params(cfg)
+        lambda a: rng.normal(0, 0.02, a.shape).astype(np.float32), decoder.abstract_params(cfg)
     )
-    step_cfg = train.StepConfig("grpo", train.OptimizerConfig(lr=1e-4), chunk_size=256)
+    step_cfg = steps.StepConfig("grpo", optimizer.OptimizerConfig(lr=1e-4), chunk_size=256)
 
     def fresh_state():  # a new one per layout: each step donates (deletes) its input state
-        return train.init_train_state(cfg, step_cfg.optimizer, params, 0)
+        return steps.init_train_state(cfg, step_cfg.optimizer, params, 0)
 
     batch = _batch(cfg, args.rows, args.length)
 
     rows = []
     device = jax.devices()[0]
-    single = train.jit_train_step(step_cfg, cfg)
+    single = steps.jit_train_step(step_cfg, cfg)
     rows.append(
         (
             "1 device",
@@ -101,16 +102,16 @@ def main() -> None:
         mesh = sh.make_mesh(sh.MeshConfig(*shape))
         p_shardings = sh.param_shardings(cfg, mesh, sh.TRAIN_RULES)
         abstract = jax.eval_shape(fresh_state)
-        s_shardings = sh.shardings_like_params(abstract, model.abstract_params(cfg), p_shardings)
+        s_shardings = sh.shardings_like_params(abstract, decoder.abstract_params(cfg), p_shardings)
         b_sharding = sh.batch_sharding(mesh)
-        step = train.jit_train_step(
+        step = steps.jit_train_step(
             step_cfg, cfg, state_sharding=s_shardings, batch_sharding=b_sharding
         )
         state = jax.device_put(fresh_state(), s_shardings)
         timing = time_step(step, state, jax.device_put(batch, b_sharding), args.steps)
         rows.append((f"8 devices {shape} (data, fsdp, tensor)", *timing))
 
-    n_params = model.count_params(params)
+    n_params = decoder.count_params(params)
     print(
         f"{args.preset} ({n_params / 1e6:.2f} M params), GRPO step, {args.rows} rows x "
         f"{args.length} tokens, median of {args.steps} steps; {os.cpu_count()} CPU cores shared "

@@ -31,12 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s2d_jax import model, train
+from s2d_jax.learn import optimizer, steps
+from s2d_jax.model import decoder
 
 
-def teacher_config() -> model.ModelConfig:
+def teacher_config() -> decoder.ModelConfig:
     return dataclasses.replace(
-        model.ModelConfig.preset("bench_30m"),
+        decoder.ModelConfig.preset("bench_30m"),
         d_model=640,
         n_layers=8,
         n_heads=10,
@@ -45,14 +46,14 @@ def teacher_config() -> model.ModelConfig:
     )
 
 
-def matmul_params(cfg: model.ModelConfig) -> int:
+def matmul_params(cfg: decoder.ModelConfig) -> int:
     """Parameters that take part in a matmul per token: every layer matrix and the unembedding."""
     D, H, K, Dh, F = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim
     per_layer = D * H * Dh * 2 + D * K * Dh * 2 + 3 * D * F
     return cfg.n_layers * per_layer + D * cfg.vocab_size
 
 
-def forward_flops(cfg: model.ModelConfig, batch: int, seq: int) -> float:
+def forward_flops(cfg: decoder.ModelConfig, batch: int, seq: int) -> float:
     """Matmul FLOPs of one forward pass over [batch, seq] tokens (full T x T attention)."""
     dense = 2 * matmul_params(cfg) * batch * seq
     attention = 4 * cfg.n_layers * seq * seq * cfg.n_heads * cfg.head_dim * batch
@@ -88,7 +89,7 @@ def make_batch(cfg, batch: int, seq: int, params) -> dict:
     attention = np.ones((batch, seq), bool)
     loss_mask = np.zeros((batch, seq - 1), np.float32)
     loss_mask[:, seq // 4 :] = 1.0  # a prompt quarter, a completion of three quarters
-    lp = np.asarray(train.score_tokens(cfg, params, tokens, attention))
+    lp = np.asarray(steps.score_tokens(cfg, params, tokens, attention))
     return {
         "tokens": tokens,
         "attention_mask": attention,
@@ -141,25 +142,25 @@ def main():
     args = parser.parse_args()
 
     if args.preset:
-        cfg = model.ModelConfig.preset(args.preset, compute_dtype="bfloat16")
-        teacher_cfg = model.ModelConfig.preset(
+        cfg = decoder.ModelConfig.preset(args.preset, compute_dtype="bfloat16")
+        teacher_cfg = decoder.ModelConfig.preset(
             args.teacher_preset or args.preset, param_dtype="bfloat16", compute_dtype="bfloat16"
         )
         matmul_size, matmul_dtype = 8192, jnp.bfloat16
     else:
-        cfg, teacher_cfg = model.ModelConfig.preset("bench_30m"), teacher_config()
+        cfg, teacher_cfg = decoder.ModelConfig.preset("bench_30m"), teacher_config()
         matmul_size, matmul_dtype = 2048, jnp.float32
-    init = jax.jit(model.init_params, static_argnames="cfg")
+    init = jax.jit(decoder.init_params, static_argnames="cfg")
     params = init(cfg, jax.random.key(0))
     teacher = init(teacher_cfg, jax.random.key(1))
     B, T = args.batch, args.seq
     batch = make_batch(cfg, B, T, params)
-    opt = train.OptimizerConfig(lr=1e-6)
+    opt = optimizer.OptimizerConfig(lr=1e-6)
     print(
         f"backend {jax.default_backend()} ({jax.device_count()} devices, {jax.devices()[0]}); "
-        f"student {model.count_params(params) / 1e6:.1f}M params "
+        f"student {decoder.count_params(params) / 1e6:.1f}M params "
         f"({matmul_params(cfg) / 1e6:.1f}M in matmuls), teacher "
-        f"{model.count_params(teacher) / 1e6:.1f}M ({matmul_params(teacher_cfg) / 1e6:.1f}M); "
+        f"{decoder.count_params(teacher) / 1e6:.1f}M ({matmul_params(teacher_cfg) / 1e6:.1f}M); "
         f"batch {B} x {T} tokens; compute {cfg.compute_dtype}"
     )
     matmul = make_matmul(matmul_size, matmul_dtype)
@@ -172,13 +173,13 @@ def main():
         f"{'matmul':>8} {'wall':>6} {'best':>6} {'cpu':>6}"
     )
     train_flops = 3 * forward_flops(cfg, B, T)
-    grpo = train.StepConfig("grpo", opt, kl_coef=5e-4, chunk_size=args.chunk_size)
-    state = train.init_train_state(cfg, opt, params, 0)
-    step = train.jit_train_step(grpo, cfg)
+    grpo = steps.StepConfig("grpo", opt, kl_coef=5e-4, chunk_size=args.chunk_size)
+    state = steps.init_train_state(cfg, opt, params, 0)
+    step = steps.jit_train_step(grpo, cfg)
     bench_step("grpo", step, state, (batch,), train_flops, args.reps, matmul)
-    fkl = train.StepConfig("forward_kl", opt, chunk_size=args.chunk_size)
-    state = train.init_train_state(cfg, opt, params, 0)
-    step = train.jit_train_step(fkl, cfg, teacher_cfg)
+    fkl = steps.StepConfig("forward_kl", opt, chunk_size=args.chunk_size)
+    state = steps.init_train_state(cfg, opt, params, 0)
+    step = steps.jit_train_step(fkl, cfg, teacher_cfg)
     flops = train_flops + forward_flops(teacher_cfg, B, T)
     bench_step("forward_kl", step, state, (teacher, batch), flops, args.reps, matmul)
 

@@ -54,7 +54,7 @@ def base(seed, nan_policy="skip", grader_workers=2, mesh_sizes=None):
 
 
 def task(name, prompt_style, *, train_path="", train_columns="", split_seed=0, arith=None):
-    """The data task: its dataset (pools, see s2d_jax/tasks.py) and prompt format."""
+    """The data task: its dataset (pools, see s2d_jax/data/task.py) and prompt format."""
     return ConfigDict(
         dict(
             name=name,
@@ -103,7 +103,7 @@ def model(preset="", hf_path="", dtype="float32", compute_dtype="", random_weigh
     `dtype` is the params' dtype as loaded: float32 for a role any stage trains (its master
     weights); `compute_dtype` ("" = dtype) is what the forward passes run in, bfloat16 on
     accelerators. `random_weights`: a random checkpoint of `preset` is written into the run
-    directory and loaded from there (the laptop twin of a launch; s2d_jax/random_models.py).
+    directory and loaded from there (the laptop twin of a launch; s2d_jax/workflow/random_models.py).
     """
     return ConfigDict(
         dict(
@@ -151,7 +151,7 @@ def _stage(kind, model, init_from, data, steps, batch_size, max_new_tokens, lr, 
         micro_batches=1,  # gradient accumulation: one update over this many micro-batches
         save_every=25,
         eval_every=0,  # 0: evaluate only when the stage ends
-        loss="",  # distillation loss (see s2d_jax/train.py OBJECTIVES)
+        loss="",  # distillation loss (see s2d_jax/learn/steps.py OBJECTIVES)
         samples_per_prompt=1,  # G for grpo; K teacher rollouts for forward_kl; student samples for OPD
         sampling=sampling(max_new_tokens),
         optim=optim(lr=lr),

@@ -1,13 +1,13 @@
 """A real pretrained model on a laptop: SmolLM2-135M-Instruct on GSM8K, evaluation then GRPO, CPU.
 
-    python -m s2d_jax.tools.get_smollm2          # once: fetch + dequantize (about 2 minutes)
-    python -m s2d_jax.main --config configs/smollm2_gsm8k.py --workdir runs/smollm2
-    python -m s2d_jax.main --config configs/smollm2_gsm8k.py:problems=64,steps=20 --workdir ...
+    SMOLLM2=$(python -m s2d_jax.tools.get_smollm2)   # once: fetch + dequantize (about 2 minutes)
+    python -m s2d_jax.main --config configs/smollm2_gsm8k.py:model_path=$SMOLLM2 --workdir runs/smollm2
+    python -m s2d_jax.main --config configs/smollm2_gsm8k.py:model_path=$SMOLLM2,problems=64,steps=20 ...
 
 Stages: `before` evaluates the checkpoint on the first `problems` GSM8K test questions (avg@k,
 pass@k, answered = format rate), `grpo` trains it on GSM8K train with the verifier reward (chat
 template, `#### N` or \\boxed{} answers) and evaluates the result the same way. Hardware: 2 CPU
-cores, float32. `model_path` defaults to the cache directory of s2d_jax.tools.get_smollm2.
+cores, float32. `model_path` is the directory that s2d_jax.tools.get_smollm2 prints.
 
 The defaults are the run reported in README.md, sized to ~40 minutes on 2 shared CPU cores:
 - lr 2e-5, not the paper's 1e-6: with a few steps, 1e-6 moves a 135M model by nothing
@@ -23,13 +23,12 @@ The defaults are the run reported in README.md, sized to ~40 minutes on 2 shared
 """
 
 from configs import common
-from s2d_jax.tools import get_smollm2
 
 
 def get_config(arg=None):
     arg = common.parse_arg(
         arg,
-        model_path=str(get_smollm2.default_dir()),
+        model_path="",  # required: the directory `python -m s2d_jax.tools.get_smollm2` prints
         problems=32,
         samples=2,
         steps=8,

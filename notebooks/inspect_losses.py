@@ -22,7 +22,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from s2d_jax import metrics, report
+from s2d_jax.workflow import metrics, report
 
 RUN_DIR = Path(os.environ.get("S2D_RUN_DIR", "runs/toy"))
 stages = sorted(

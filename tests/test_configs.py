@@ -18,7 +18,8 @@ from test_data import build_hf_tokenizer
 import configs
 from configs import eval as eval_config
 from configs import paper, smollm2_gsm8k, toy_arith, toy_calibration
-from s2d_jax import hf_io, metrics, model, pipeline
+from s2d_jax.model import decoder, hf_io
+from s2d_jax.workflow import metrics, pipeline
 
 
 def test_every_config_file_is_covered():
@@ -38,9 +39,9 @@ def checkpoints(tmp_path_factory):
     vocab = tokenizer.get_vocab_size()
     paths = {}
     for role, preset in (("teacher", "toy_tiny"), ("student", "toy_tiny")):
-        cfg = model.ModelConfig.preset(preset, vocab_size=vocab)
+        cfg = decoder.ModelConfig.preset(preset, vocab_size=vocab)
         path = root / role
-        hf_io.save_hf(path, cfg, model.init_params(cfg, jax.random.key(len(role))))
+        hf_io.save_hf(path, cfg, decoder.init_params(cfg, jax.random.key(len(role))))
         for f in tok_dir.iterdir():
             (path / f.name).write_bytes(f.read_bytes())
         paths[role] = str(path)
@@ -184,9 +185,9 @@ def test_smollm2_config_validates_and_names_missing_checkpoint(tmp_path):
 
 def test_smollm2_config_runs_on_a_tiny_llama(tmp_path, checkpoints):
     """The real-model config with its checkpoint swapped for a tiny random Llama."""
-    cfg = model.ModelConfig.preset(
+    cfg = decoder.ModelConfig.preset(
         "toy_tiny",
-        vocab_size=model.ModelConfig.from_hf_config(
+        vocab_size=decoder.ModelConfig.from_hf_config(
             hf_io.read_hf_config(checkpoints["student"])
         ).vocab_size,
         family="llama",
@@ -194,7 +195,7 @@ def test_smollm2_config_runs_on_a_tiny_llama(tmp_path, checkpoints):
         max_seq_len=2048,  # the tiny byte-level tokenizer makes GSM8K chat prompts long
     )
     path = tmp_path / "llama"
-    hf_io.save_hf(path, cfg, model.init_params(cfg, jax.random.key(3)))
+    hf_io.save_hf(path, cfg, decoder.init_params(cfg, jax.random.key(3)))
     for f in Path(checkpoints["student"]).iterdir():
         if "token" in f.name or f.name == "chat_template.jinja":
             (path / f.name).write_bytes(f.read_bytes())

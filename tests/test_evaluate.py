@@ -1,4 +1,4 @@
-"""Tests for s2d_jax.evaluate: estimators against brute force, outputs, and the table."""
+"""Tests for s2d_jax.grading.evaluate: estimators against brute force, outputs, and the table."""
 
 import itertools
 import json
@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from s2d_jax import evaluate, rewards
+from s2d_jax.grading import evaluate, rewards
 
 
 def _brute_pass_at_k(n: int, c: int, k: int) -> Fraction:

@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from s2d_jax import hf_io, model  # noqa: E402
+from s2d_jax.model import decoder, hf_io  # noqa: E402
 
 SMALL = dict(
     vocab_size=97,
@@ -100,7 +100,7 @@ def test_logits_match_transformers_float32(checkpoint):
     hf, path = checkpoint
     cfg, params = hf_io.load_hf(path)
     tokens, mask = padded_batch(cfg.vocab_size)
-    ours = np.asarray(model.forward(cfg, params, jnp.asarray(tokens), jnp.asarray(mask)))
+    ours = np.asarray(decoder.forward(cfg, params, jnp.asarray(tokens), jnp.asarray(mask)))
     ref = hf_logits(hf, tokens, mask)
     assert np.abs(ref).max() > 3.0  # the weights are large enough for attention to matter
     np.testing.assert_allclose(ours[mask], ref[mask], atol=1e-4, rtol=0)
@@ -112,7 +112,7 @@ def test_wrong_rope_theta_is_detected(checkpoint):
     cfg, params = hf_io.load_hf(path)
     wrong = hf_io.load_hf(path, rope_theta=cfg.rope_theta * 10)[0]
     tokens, mask = padded_batch(cfg.vocab_size)
-    ours = np.asarray(model.forward(wrong, params, jnp.asarray(tokens), jnp.asarray(mask)))
+    ours = np.asarray(decoder.forward(wrong, params, jnp.asarray(tokens), jnp.asarray(mask)))
     assert np.abs(ours[mask] - hf_logits(hf, tokens, mask)[mask]).max() > 1e-2
 
 
@@ -121,7 +121,7 @@ def test_logits_bfloat16_close(checkpoint):
     cfg, params = hf_io.load_hf(path, dtype=jnp.bfloat16)
     assert jax.tree.leaves(params)[0].dtype == jnp.bfloat16
     tokens, mask = padded_batch(cfg.vocab_size)
-    ours = np.asarray(model.forward(cfg, params, jnp.asarray(tokens), jnp.asarray(mask)))
+    ours = np.asarray(decoder.forward(cfg, params, jnp.asarray(tokens), jnp.asarray(mask)))
     ref = hf_logits(hf, tokens, mask)
     # Weights and activations rounded to bf16 (8 significant bits, relative error 2^-9 each) through
     # two layers of ~10 roundings: a few percent of the logit scale, never order-of-magnitude off.
@@ -133,12 +133,12 @@ def test_save_round_trip_loads_in_transformers(tmp_path):
         ("qwen3", {}),
         ("llama", dict(qk_norm=False, rope_scaling=(8.0, 1.0, 4.0, 32))),
     ]:
-        cfg = model.ModelConfig.preset("toy_tiny", vocab_size=61, family=family, **extra)
-        params = model.init_params(cfg, jax.random.key(5), std=0.2)
+        cfg = decoder.ModelConfig.preset("toy_tiny", vocab_size=61, family=family, **extra)
+        params = decoder.init_params(cfg, jax.random.key(5), std=0.2)
         out = hf_io.save_hf(tmp_path / family, cfg, params)
         hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
         tokens, mask = padded_batch(cfg.vocab_size, seed=1)
-        ours = np.asarray(model.forward(cfg, params, jnp.asarray(tokens), jnp.asarray(mask)))
+        ours = np.asarray(decoder.forward(cfg, params, jnp.asarray(tokens), jnp.asarray(mask)))
         np.testing.assert_allclose(ours[mask], hf_logits(hf, tokens, mask)[mask], atol=1e-4, rtol=0)
         cfg2, params2 = hf_io.load_hf(out)
         assert cfg2 == cfg
@@ -146,8 +146,8 @@ def test_save_round_trip_loads_in_transformers(tmp_path):
 
 
 def test_sharded_save_writes_index_and_reloads(tmp_path):
-    cfg = model.ModelConfig.preset("toy_tiny", vocab_size=61)
-    params = model.init_params(cfg, jax.random.key(6))
+    cfg = decoder.ModelConfig.preset("toy_tiny", vocab_size=61)
+    params = decoder.init_params(cfg, jax.random.key(6))
     hf_io.save_hf(tmp_path, cfg, params, max_shard_bytes=20_000)
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
@@ -156,8 +156,8 @@ def test_sharded_save_writes_index_and_reloads(tmp_path):
 
 
 def test_load_onto_shardings(tmp_path):
-    cfg = model.ModelConfig.preset("toy_tiny", vocab_size=64)
-    params = model.init_params(cfg, jax.random.key(7))
+    cfg = decoder.ModelConfig.preset("toy_tiny", vocab_size=64)
+    params = decoder.init_params(cfg, jax.random.key(7))
     hf_io.save_hf(tmp_path, cfg, params)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("fsdp",))
     spec = jax.sharding.PartitionSpec
@@ -175,8 +175,8 @@ def test_load_onto_shardings(tmp_path):
 
 @pytest.fixture
 def saved(tmp_path):
-    cfg = model.ModelConfig.preset("toy_tiny", vocab_size=64)
-    params = model.init_params(cfg, jax.random.key(8))
+    cfg = decoder.ModelConfig.preset("toy_tiny", vocab_size=64)
+    params = decoder.init_params(cfg, jax.random.key(8))
     hf_io.save_hf(tmp_path, cfg, params)
     return tmp_path, cfg, params
 

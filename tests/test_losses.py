@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2d_jax import kl_chunked, losses
+from s2d_jax.learn import kl_chunked, losses
 
 SHAPES = [(1, 1, 3), (3, 4, 50)]  # (B, T, V)
 DTYPES = [jnp.float32, jnp.bfloat16]

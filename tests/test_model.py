@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2d_jax import cached_forward, model
+from s2d_jax.model import cached_forward, decoder
 
 # Published config.json values, copied by hand from each Hugging Face release (the source is the key).
 PUBLISHED = {
@@ -203,7 +203,7 @@ PUBLISHED = {
 @pytest.mark.parametrize("source", sorted(PUBLISHED))
 def test_preset_matches_published_config(source):
     preset_name, hf_config = PUBLISHED[source]
-    assert model.ModelConfig.preset(preset_name) == model.ModelConfig.from_hf_config(hf_config)
+    assert decoder.ModelConfig.preset(preset_name) == decoder.ModelConfig.from_hf_config(hf_config)
 
 
 def test_published_parameter_counts():
@@ -215,30 +215,30 @@ def test_published_parameter_counts():
         "llama3_70b": 70.55,
     }
     for name, billions in expected_billions.items():
-        n = model.count_params(model.abstract_params(model.ModelConfig.preset(name)))
+        n = decoder.count_params(decoder.abstract_params(decoder.ModelConfig.preset(name)))
         assert abs(n / 1e9 - billions) < 0.01, (name, n)
 
 
 def test_unknown_preset_lists_known_ones():
     with pytest.raises(KeyError, match="qwen3_1.7b"):
-        model.ModelConfig.preset("qwen3_1.8b")
+        decoder.ModelConfig.preset("qwen3_1.8b")
 
 
 def test_unsupported_architecture_is_named():
     with pytest.raises(ValueError, match="GPT2LMHeadModel"):
-        model.ModelConfig.from_hf_config(
+        decoder.ModelConfig.from_hf_config(
             {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}
         )
 
 
 def _tiny(**overrides):
-    cfg = model.ModelConfig.preset("toy_tiny", vocab_size=50, **overrides)
-    return cfg, model.init_params(cfg, jax.random.key(0), std=0.2)
+    cfg = decoder.ModelConfig.preset("toy_tiny", vocab_size=50, **overrides)
+    return cfg, decoder.init_params(cfg, jax.random.key(0), std=0.2)
 
 
 def test_param_axes_match_param_shapes():
     cfg, params = _tiny(attention_bias=True)
-    axes = model.param_axes(cfg)
+    axes = decoder.param_axes(cfg)
     jax.tree.map(lambda p, a: np.testing.assert_equal(p.ndim, len(a)), params, axes)
 
 
@@ -246,8 +246,8 @@ def test_causality():
     cfg, params = _tiny()
     tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
     mask = jnp.ones((2, 12), bool)
-    base = model.forward(cfg, params, tokens, mask)
-    changed = model.forward(
+    base = decoder.forward(cfg, params, tokens, mask)
+    changed = decoder.forward(
         cfg, params, tokens.at[:, 7].set((tokens[:, 7] + 1) % cfg.vocab_size), mask
     )
     np.testing.assert_array_equal(base[:, :7], changed[:, :7])
@@ -257,14 +257,14 @@ def test_causality():
 def test_left_and_right_padding_match_unpadded():
     cfg, params = _tiny()
     seq = np.asarray(jax.random.randint(jax.random.key(2), (9,), 0, cfg.vocab_size))
-    alone = model.forward(cfg, params, jnp.asarray(seq[None]), jnp.ones((1, 9), bool))[0]
+    alone = decoder.forward(cfg, params, jnp.asarray(seq[None]), jnp.ones((1, 9), bool))[0]
     pad = 4
     left = np.concatenate([np.zeros(pad, int), seq])[None]
     right = np.concatenate([seq, np.zeros(pad, int)])[None]
     left_mask = np.arange(13)[None] >= pad
     right_mask = np.arange(13)[None] < 9
-    left_logits = model.forward(cfg, params, jnp.asarray(left), jnp.asarray(left_mask))[0]
-    right_logits = model.forward(cfg, params, jnp.asarray(right), jnp.asarray(right_mask))[0]
+    left_logits = decoder.forward(cfg, params, jnp.asarray(left), jnp.asarray(left_mask))[0]
+    right_logits = decoder.forward(cfg, params, jnp.asarray(right), jnp.asarray(right_mask))[0]
     np.testing.assert_allclose(left_logits[pad:], alone, atol=1e-5)
     np.testing.assert_allclose(right_logits[:9], alone, atol=1e-5)
     assert np.isfinite(left_logits).all()
@@ -281,15 +281,15 @@ def test_cached_decoding_matches_forward(family):
     prompt_len = np.array([6, 3, 4])
     mask = np.ones((B, P + N), bool)
     mask[:, :P] = np.arange(P)[None] >= (P - prompt_len)[:, None]  # left padding
-    full = model.forward(cfg, params, tokens, jnp.asarray(mask))
-    positions = model.positions_from_mask(jnp.asarray(mask))
+    full = decoder.forward(cfg, params, tokens, jnp.asarray(mask))
+    positions = decoder.positions_from_mask(jnp.asarray(mask))
 
     @functools.partial(jax.jit, static_argnames="read_length")
     def run(params, tokens, positions, cache, slot, kv_mask, read_length=None):
         hidden, cache = cached_forward.forward_cached(
             cfg, params, tokens, positions, cache, slot, kv_mask, read_length
         )
-        return model.logits_from_hidden(cfg, params, hidden), cache
+        return decoder.logits_from_hidden(cfg, params, hidden), cache
 
     for weights in (params, cached_forward.unstack_layers(params)):
         cache = cached_forward.init_cache(cfg, B, P + N)
@@ -308,8 +308,8 @@ def test_bfloat16_compute_is_close_to_float32():
     cfg16 = dataclasses.replace(cfg, compute_dtype="bfloat16")
     tokens = jax.random.randint(jax.random.key(4), (2, 10), 0, cfg.vocab_size)
     mask = jnp.ones((2, 10), bool)
-    ref = model.forward(cfg, params, tokens, mask)
-    low = model.forward(cfg16, params, tokens, mask)
+    ref = decoder.forward(cfg, params, tokens, mask)
+    low = decoder.forward(cfg16, params, tokens, mask)
     assert low.dtype == jnp.float32
     # bf16 keeps 8 significant bits (relative step 2^-8 ~ 0.4%); two layers compound a few of those.
     assert np.abs(low - ref).max() < 0.05 * np.abs(ref).max()

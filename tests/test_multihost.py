@@ -5,7 +5,7 @@ Two Python processes on 127.0.0.1 (2 fake CPU devices each, gloo collectives) ru
 sharded updates, an orbax checkpoint saved and restored by both. The result must equal the same
 `run` on 4 devices of this single process (the reference: one controller, same mesh shape).
 The fast test uses the smoke script's `--quick` step (plain optax SGD on a linear model); the
-slow one runs `train.train_step` with the GRPO objective (its compile takes ~30 s per process).
+slow one runs `steps.train_step` with the GRPO objective (its compile takes ~30 s per process).
 A second slow test runs the real entry point, `python -m s2d_jax.main --distributed`, in two
 processes: the toy pipeline's SFT and GRPO stages (sampling, grading split over the processes,
 eval, export) on a (1, 2, 2) mesh, compared with `pipeline.run` on 4 devices of this process.
@@ -23,9 +23,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as Spec
 
-from s2d_jax import checkpoints, metrics, model, pipeline, train
-from s2d_jax import sharding as sh
+from s2d_jax.distributed import sharding as sh
+from s2d_jax.learn import optimizer, steps
+from s2d_jax.model import decoder
 from s2d_jax.tools import multihost_smoke
+from s2d_jax.workflow import checkpoints, metrics, pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,14 +110,14 @@ def test_two_processes_grpo_steps_save_restore(tmp_path):
 
 def test_checkpoint_restores_onto_another_mesh_shape(tmp_path):
     """A train state saved sharded on (1, 8, 1) restores onto (2, 2, 2) with the new layout."""
-    cfg = model.ModelConfig.preset("toy_tiny")
-    opt = train.OptimizerConfig(lr=1e-3)
-    # Host-side random params: eager `model.init_params` compiles one kernel per leaf (slow here).
+    cfg = decoder.ModelConfig.preset("toy_tiny")
+    opt = optimizer.OptimizerConfig(lr=1e-3)
+    # Host-side random params: eager `decoder.init_params` compiles one kernel per leaf (slow here).
     rng = np.random.default_rng(1)
     params = jax.tree.map(
-        lambda a: rng.standard_normal(a.shape).astype(a.dtype), model.abstract_params(cfg)
+        lambda a: rng.standard_normal(a.shape).astype(a.dtype), decoder.abstract_params(cfg)
     )
-    host_state = train.init_train_state(cfg, opt, params, 3)
+    host_state = steps.init_train_state(cfg, opt, params, 3)
     # Non-zero Adam moments, so a wrong mapping of mu/nu onto params would show.
     host_state = host_state.replace(
         opt_state=jax.tree.map(lambda x: x + 0.5 if x.ndim else x, host_state.opt_state)
@@ -125,7 +127,7 @@ def test_checkpoint_restores_onto_another_mesh_shape(tmp_path):
         mesh = sh.make_mesh(sh.MeshConfig(*mesh_shape))
         abstract = jax.eval_shape(lambda s: s, host_state)
         p = sh.param_shardings(cfg, mesh, sh.TRAIN_RULES)
-        return abstract, sh.shardings_like_params(abstract, model.abstract_params(cfg), p)
+        return abstract, sh.shardings_like_params(abstract, decoder.abstract_params(cfg), p)
 
     _, saved_shardings = state_shardings((1, 8, 1))
     saved = jax.device_put(host_state, saved_shardings)
@@ -173,14 +175,14 @@ def get_config(arg=None):
 
 
 def _pipeline_results(workdir: Path) -> dict:
-    cfg = model.ModelConfig.preset("toy_tiny", vocab_size=22)
+    cfg = decoder.ModelConfig.preset("toy_tiny", vocab_size=22)
     out = {}
     for stage in ("student_sft", "direct_grpo"):
         rows = [
             {k: v for k, v in r.items() if not k.startswith("time/") and not k.endswith("per_s")}
             for r in metrics.read_metrics(workdir / stage)
         ]
-        params = checkpoints.load_exported_params(workdir / stage, model.abstract_params(cfg))
+        params = checkpoints.load_exported_params(workdir / stage, decoder.abstract_params(cfg))
         out[stage] = (rows, jax.device_get(params))
     return out
 

@@ -7,7 +7,8 @@ import pytest
 from conftest import fake_grader, shrink_config
 
 from configs import toy_arith
-from s2d_jax import checkpoints, metrics, model, pipeline
+from s2d_jax.model import decoder
+from s2d_jax.workflow import checkpoints, metrics, pipeline
 
 KINDS_STAGES = ("student_sft", "teacher_sft", "teacher_grpo", "fkl", "opd")
 
@@ -57,8 +58,8 @@ def test_every_stage_kind_runs_two_steps(toy_run):
 def test_stage_hand_off_uses_previous_params(toy_run):
     """opd starts from fkl's export: its first-step student differs from student_sft's."""
     _, workdir, _ = toy_run
-    cfg = model.ModelConfig.preset("toy_tiny", vocab_size=22)
-    target = model.abstract_params(cfg)
+    cfg = decoder.ModelConfig.preset("toy_tiny", vocab_size=22)
+    target = decoder.abstract_params(cfg)
     sft = checkpoints.load_exported_params(workdir / "student_sft", target)
     fkl = checkpoints.load_exported_params(workdir / "fkl", target)
     assert not np.array_equal(sft["embed"], fkl["embed"])
@@ -80,10 +81,10 @@ def test_final_student_exports_to_transformers(toy_run):
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         workdir / "export_hf", dtype=torch.float32
     )
-    cfg = model.ModelConfig.preset("toy_tiny", vocab_size=22)
-    params = checkpoints.load_exported_params(workdir / "opd", model.abstract_params(cfg))
+    cfg = decoder.ModelConfig.preset("toy_tiny", vocab_size=22)
+    params = checkpoints.load_exported_params(workdir / "opd", decoder.abstract_params(cfg))
     tokens = np.array([[2, 5, 6, 7, 8, 9]])
-    ours = model.forward(cfg, params, tokens, np.ones_like(tokens, bool))
+    ours = decoder.forward(cfg, params, tokens, np.ones_like(tokens, bool))
     with torch.no_grad():
         ref = hf(torch.tensor(tokens)).logits.numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-4)
@@ -137,7 +138,7 @@ def test_missing_model_path_is_named(tmp_path):
 
 def _poison_grpo(monkeypatch, bad_step):
     """Make the GRPO batch of `bad_step` give a NaN loss (NaN advantages, as a broken reward would)."""
-    from s2d_jax import stages
+    from s2d_jax.workflow import stages
 
     original = stages.grpo_batches
 
@@ -190,7 +191,8 @@ def test_skips_past_the_budget_fail_the_stage(tmp_path, monkeypatch):
 def test_format_reward_pays_extractable_wrong_answers(tmp_path, monkeypatch):
     """grpo.format_reward: reward = format_reward for a wrong answer that extract_answer finds
     (here: completions of even length), 0 without one; `grpo/correct` stays 0."""
-    from s2d_jax import rewards, stages
+    from s2d_jax.grading import rewards
+    from s2d_jax.workflow import stages
 
     monkeypatch.setattr(rewards, "Grader", fake_grader(lambda text: 0.0))  # all wrong
     monkeypatch.setattr(
@@ -224,7 +226,8 @@ import sys
 sys.path.insert(0, {tests!r})
 from conftest import shrink_config
 from configs import toy_arith
-from s2d_jax import pipeline, stages
+from s2d_jax.workflow import pipeline
+from s2d_jax.workflow import stages
 
 _grpo = stages.grpo_batches
 

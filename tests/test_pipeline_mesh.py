@@ -24,8 +24,11 @@ from conftest import fake_grader, shrink_config
 from jax.sharding import PartitionSpec as Spec
 
 from configs import toy_arith
-from s2d_jax import metrics, pipeline, placement, report, rewards, stage_loop, stages
-from s2d_jax import sharding as sh
+from s2d_jax.distributed import placement
+from s2d_jax.distributed import sharding as sh
+from s2d_jax.grading import rewards
+from s2d_jax.workflow import config as config_lib
+from s2d_jax.workflow import metrics, pipeline, report, stage_loop, stages
 
 STAGES = ("student_sft", "direct_grpo", "raw_fkl", "raw_opd")
 MESHES = {
@@ -169,7 +172,7 @@ def test_one_device_or_no_mesh_key_is_the_unsharded_path():
     assert placement.build_mesh(None) is None
     config = _config((1, 1, 1), STAGES[:1])
     del config["mesh"]
-    assert placement.parse_mesh(config) is None
+    assert config_lib.parse_mesh(config) is None
     mesh = placement.build_mesh(sh.MeshConfig(1, -1, 2))
     assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2}
 

@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 
 from configs import common, paper
-from s2d_jax import cached_forward, experiment, metrics, model, pipeline, sampler, train
+from s2d_jax.learn import optimizer, steps
+from s2d_jax.model import cached_forward, decoder
+from s2d_jax.rollout import sampler
+from s2d_jax.workflow import metrics, pipeline
+from s2d_jax.workflow.config import parse_models
 
-PAPER_LR = train.OptimizerConfig(lr=1e-6)  # the paper's lr, constant, AdamW (0.9, 0.999)
+PAPER_LR = optimizer.OptimizerConfig(lr=1e-6)  # the paper's lr, constant, AdamW (0.9, 0.999)
 
 
 def sft_batch(cfg, B=4, T=16, seed=1):
@@ -23,11 +27,11 @@ def sft_batch(cfg, B=4, T=16, seed=1):
     }
 
 
-def run_sft(cfg, params, steps, opt=PAPER_LR, batch=None):
-    state = train.init_train_state(cfg, opt, params, 0)
-    step = train.jit_train_step(train.StepConfig("sft", opt), cfg)
+def run_sft(cfg, params, num_steps, opt=PAPER_LR, batch=None):
+    state = steps.init_train_state(cfg, opt, params, 0)
+    step = steps.jit_train_step(steps.StepConfig("sft", opt), cfg)
     rows = []
-    for _ in range(steps):
+    for _ in range(num_steps):
         state, m = step(state, batch if batch is not None else sft_batch(cfg))
         rows.append(jax.device_get(m))
     return state, rows
@@ -35,7 +39,7 @@ def run_sft(cfg, params, steps, opt=PAPER_LR, batch=None):
 
 def test_optimizer_hyperparameters_and_moments_are_float32_for_bfloat16_params():
     params = {"w": jnp.ones((3,), jnp.bfloat16)}
-    state = train.make_optimizer(PAPER_LR).init(params)
+    state = optimizer.make_optimizer(PAPER_LR).init(params)
     hyper = state[1].hyperparams
     assert {k: v.dtype for k, v in hyper.items()} == {k: jnp.float32 for k in hyper}
     assert float(hyper["b2"]) == np.float32(0.999)  # bfloat16 would round it to exactly 1.0
@@ -47,8 +51,8 @@ def test_bfloat16_compute_takes_lr_1e6_steps(param_dtype):
     """The reproduction of the bfloat16 NaN: three SFT steps at lr 1e-6 in bfloat16 compute leave
     every parameter finite and move them (the train state holds float32 masters, whatever dtype
     the params came in)."""
-    cfg = model.ModelConfig.preset("toy_tiny", param_dtype=param_dtype, compute_dtype="bfloat16")
-    params = model.init_params(cfg, jax.random.key(0))
+    cfg = decoder.ModelConfig.preset("toy_tiny", param_dtype=param_dtype, compute_dtype="bfloat16")
+    params = decoder.init_params(cfg, jax.random.key(0))
     state, rows = run_sft(cfg, params, 3)
     assert [r["train/skipped"] for r in rows] == [0.0, 0.0, 0.0]
     assert all(np.isfinite(r["train/loss"]) and r["train/update_norm"] > 0 for r in rows)
@@ -68,18 +72,18 @@ def test_bfloat16_compute_takes_lr_1e6_steps(param_dtype):
 
 def test_grpo_step_in_bfloat16_compute_moves_float32_masters():
     """The GRPO objective (clipped surrogate + k3 KL) at the paper's lr in the paper's dtypes."""
-    cfg = model.ModelConfig.preset("toy_tiny", compute_dtype="bfloat16")
-    params = model.init_params(cfg, jax.random.key(0))
+    cfg = decoder.ModelConfig.preset("toy_tiny", compute_dtype="bfloat16")
+    params = decoder.init_params(cfg, jax.random.key(0))
     batch = sft_batch(cfg, B=8)
-    old_lp = train.score_tokens(cfg, params, batch["tokens"], batch["attention_mask"])
+    old_lp = steps.score_tokens(cfg, params, batch["tokens"], batch["attention_mask"])
     batch |= {
         "old_logprobs": old_lp,
         "ref_logprobs": old_lp,
         "advantages": jnp.array([1.0, -1.0] * 4),
     }
     opt = PAPER_LR
-    step = train.jit_train_step(train.StepConfig("grpo", opt, kl_coef=5e-4), cfg)
-    state = train.init_train_state(cfg, opt, params, 0)
+    step = steps.jit_train_step(steps.StepConfig("grpo", opt, kl_coef=5e-4), cfg)
+    state = steps.init_train_state(cfg, opt, params, 0)
     for _ in range(3):
         state, m = step(state, batch)
         assert m["train/skipped"] == 0.0 and m["train/update_norm"] > 0
@@ -88,10 +92,10 @@ def test_grpo_step_in_bfloat16_compute_moves_float32_masters():
 
 
 def test_update_norm_is_the_applied_change_and_param_norm_the_new_norm():
-    cfg = model.ModelConfig.preset("toy_tiny")
-    params = model.init_params(cfg, jax.random.key(0))
+    cfg = decoder.ModelConfig.preset("toy_tiny")
+    params = decoder.init_params(cfg, jax.random.key(0))
     old = jax.device_get(params)
-    state, (row,) = run_sft(cfg, params, 1, opt=train.OptimizerConfig(lr=1e-3))
+    state, (row,) = run_sft(cfg, params, 1, opt=optimizer.OptimizerConfig(lr=1e-3))
     new = jax.device_get(state.params)
     diff = [
         a.astype(np.float64) - b
@@ -116,14 +120,16 @@ def _poison_first_moment(state):
 
 @pytest.mark.parametrize("fault", ["nan_moment", "overflowing_lr"])
 def test_non_finite_update_is_skipped_with_state_untouched(fault):
-    cfg = model.ModelConfig.preset("toy_tiny")
-    params = model.init_params(cfg, jax.random.key(0))
-    opt = train.OptimizerConfig(lr=1e39 if fault == "overflowing_lr" else 1e-3)  # inf in float32
-    state = train.init_train_state(cfg, opt, params, 0)
+    cfg = decoder.ModelConfig.preset("toy_tiny")
+    params = decoder.init_params(cfg, jax.random.key(0))
+    opt = optimizer.OptimizerConfig(
+        lr=1e39 if fault == "overflowing_lr" else 1e-3
+    )  # inf in float32
+    state = steps.init_train_state(cfg, opt, params, 0)
     if fault == "nan_moment":
         state = _poison_first_moment(state)
     before = jax.device_get((state.params, state.opt_state))
-    step = train.jit_train_step(train.StepConfig("sft", opt), cfg)
+    step = steps.jit_train_step(steps.StepConfig("sft", opt), cfg)
     state, m = step(state, sft_batch(cfg))
     assert np.isfinite(m["train/loss"]) and np.isfinite(m["train/grad_norm"])
     assert m["train/skipped"] == 1.0 and m["train/nonfinite_update"] == 1.0
@@ -158,10 +164,12 @@ def test_every_paper_pair_trains_float32_masters_in_bfloat16_compute():
 def test_frozen_teacher_is_held_in_compute_dtype(tmp_path):
     config = paper.get_config("arm=raw,pair=tiny")
     plan = pipeline.validate(config)
-    from s2d_jax import random_models, rewards, tasks
+    from s2d_jax.data.task import Task
+    from s2d_jax.grading import rewards
+    from s2d_jax.workflow import random_models
 
     models = random_models.materialize(plan.models, tmp_path, seed=0)
-    task = tasks.Task(plan.task_cfg, models["student"].hf_path)
+    task = Task(plan.task_cfg, models["student"].hf_path)
     ctx = pipeline.Context(tmp_path, 0, task, models, plan.eval_cfg, rewards.Grader, "skip")
     frozen_cfg, frozen = pipeline.load_params(ctx, "teacher", "base", frozen=True)
     cfg, masters = pipeline.load_params(ctx, "teacher", "base")
@@ -172,13 +180,14 @@ def test_frozen_teacher_is_held_in_compute_dtype(tmp_path):
     tokens = jnp.arange(12, dtype=jnp.int32)[None]
     mask = jnp.ones_like(tokens, bool)
     np.testing.assert_array_equal(
-        model.forward(frozen_cfg, frozen, tokens, mask), model.forward(cfg, masters, tokens, mask)
+        decoder.forward(frozen_cfg, frozen, tokens, mask),
+        decoder.forward(cfg, masters, tokens, mask),
     )
 
 
 def test_sampler_reads_compute_dtype_weights_and_matches_bfloat16_storage():
-    cfg32 = model.ModelConfig.preset("toy_tiny", compute_dtype="bfloat16")
-    params = model.init_params(cfg32, jax.random.key(2))
+    cfg32 = decoder.ModelConfig.preset("toy_tiny", compute_dtype="bfloat16")
+    params = decoder.init_params(cfg32, jax.random.key(2))
     sampling = cached_forward.unstack_layers(params, dtype=cfg32.compute_dtype)
     assert {x.dtype for x in jax.tree.leaves(sampling)} == {jnp.dtype(jnp.bfloat16)}
     cfg16 = dataclasses.replace(cfg32, param_dtype="bfloat16")
@@ -193,4 +202,4 @@ def test_sampler_reads_compute_dtype_weights_and_matches_bfloat16_storage():
 def test_model_spec_random_weights_needs_a_preset_and_no_path():
     config = common.ConfigDict(dict(models=dict(student=common.model(random_weights=True))))
     with pytest.raises(ValueError, match="random_weights writes a random checkpoint of `preset`"):
-        experiment.parse_models(config)
+        parse_models(config)

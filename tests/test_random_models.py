@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from configs import paper
-from s2d_jax import hf_io, model, pipeline, random_models
 from s2d_jax.data import builders, tokenizers
+from s2d_jax.model import decoder, hf_io
 from s2d_jax.tools import make_tiny_math
+from s2d_jax.workflow import pipeline, random_models
 
 
 def test_shipped_tiny_file_is_what_its_tool_writes():
@@ -31,7 +32,7 @@ def test_random_checkpoints_load_like_real_ones(materialized):
     for role, spec in models.items():
         assert Path(spec.hf_path) == workdir / "random_models" / role
         cfg, params = hf_io.load_hf(spec.hf_path)
-        expected = model.ModelConfig.preset(spec.preset)
+        expected = decoder.ModelConfig.preset(spec.preset)
         assert (cfg.d_model, cfg.n_layers, cfg.vocab_size) == (
             expected.d_model,
             expected.n_layers,
@@ -40,14 +41,16 @@ def test_random_checkpoints_load_like_real_ones(materialized):
         # The random init of the preset (seeded by the run's seed and the role); written from a
         # jitted init, whose fused normal sampling may differ from eager in the last bit.
         key = jax.random.fold_in(jax.random.key(0), sum(map(ord, role)))  # as a toy fresh init
-        want = model.init_params(expected, key)
+        want = decoder.init_params(expected, key)
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
         tok = tokenizers.load_tokenizer(spec.hf_path)
         assert tok.has_chat_template and tok.vocab_size <= cfg.vocab_size
-    teacher, student = (model.ModelConfig.preset(models[r].preset) for r in ("teacher", "student"))
-    assert model.count_params(model.abstract_params(teacher)) > 2 * model.count_params(
-        model.abstract_params(student)
+    teacher, student = (
+        decoder.ModelConfig.preset(models[r].preset) for r in ("teacher", "student")
+    )
+    assert decoder.count_params(decoder.abstract_params(teacher)) > 2 * decoder.count_params(
+        decoder.abstract_params(student)
     )
 
 

@@ -1,6 +1,6 @@
-"""Tests for s2d_jax.report: the grading table beside the results table."""
+"""Tests for s2d_jax.workflow.report: the grading table beside the results table."""
 
-from s2d_jax import report
+from s2d_jax.workflow import report
 
 
 def _summary(split, truncated, timeouts, errors):

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from s2d_jax import checkpoints, metrics, model
+from s2d_jax.model import decoder
+from s2d_jax.workflow import checkpoints, metrics
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = """
@@ -64,8 +65,8 @@ def _kill_after_checkpoint(config_file, workdir, stage: str, step: int):
 
 
 def _stage_result(workdir, stage):
-    cfg = model.ModelConfig.preset("toy_tiny", vocab_size=22)
-    params = checkpoints.load_exported_params(workdir / stage, model.abstract_params(cfg))
+    cfg = decoder.ModelConfig.preset("toy_tiny", vocab_size=22)
+    params = checkpoints.load_exported_params(workdir / stage, decoder.abstract_params(cfg))
     rows = [
         {k: v for k, v in r.items() if not k.startswith("time/") and not k.endswith("per_s")}
         for r in metrics.read_metrics(workdir / stage)

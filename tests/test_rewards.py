@@ -1,4 +1,4 @@
-"""Tests for s2d_jax.rewards, s2d_jax.grading_pool and s2d_jax.grading_worker."""
+"""Tests for s2d_jax.grading.rewards, s2d_jax.grading.pool and s2d_jax.grading.worker."""
 
 import json
 import multiprocessing
@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from s2d_jax import grading_pool, grading_worker, rewards
+from s2d_jax.grading import pool, rewards, worker
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SLACK_S = 1.5  # kill, IPC and a loaded 2-core machine, on top of the grading limit
@@ -283,8 +283,8 @@ def test_math500_agrees_through_math_verify_alone(grader):
     ]
     references = [rewards.normalize_answer(r["answer"]) for r in rows]
     shifted = references[1:] + references[:1]
-    with grading_pool.VerifierPool(workers=2, timeout_s=5.0) as pool:
-        outcomes = pool.verify(list(zip(answers + answers, references + shifted, strict=True)))
+    with pool.VerifierPool(workers=2, timeout_s=5.0) as verifier:
+        outcomes = verifier.verify(list(zip(answers + answers, references + shifted, strict=True)))
     same, other = outcomes[: len(rows)], outcomes[len(rows) :]
     disagree = {r["unique_id"] for r, o in zip(rows, same, strict=True) if o != "correct"}
     assert disagree == set(MATH500_EXCEPTIONS)
@@ -354,8 +354,8 @@ def test_injection_probes_never_execute(grader, tmp_path):
     rewards_B, _ = grader.grade(responses, references, answer_style="gsm8k")  # reads `####` too
     assert not sentinel.exists()
     # Bypass the string screen too: every probe goes to math-verify in a worker.
-    with grading_pool.VerifierPool(workers=2, timeout_s=5.0) as pool:
-        pool.verify([(p, "2") for p in payloads] + [("2", p) for p in payloads])
+    with pool.VerifierPool(workers=2, timeout_s=5.0) as verifier:
+        verifier.verify([(p, "2") for p in payloads] + [("2", p) for p in payloads])
     assert not sentinel.exists()
 
 
@@ -377,12 +377,12 @@ def test_math_verify_parses_only_numeric_strings(tmp_path, monkeypatch):
     signal.alarm(60)  # in-process math-verify has no limit here; fail rather than hang
     try:
         for p in _payloads(sentinel) + ["12.5", r"\frac{1,000}{3}", "50\\%"]:
-            grading_worker.verify_pair(p, "2")
-            grading_worker.verify_pair("2", p)
+            worker.verify_pair(p, "2")
+            worker.verify_pair("2", p)
     finally:
         signal.alarm(0)
     assert not sentinel.exists()
-    assert seen and all(grading_worker._PARSABLE.fullmatch(s) for s in seen), seen
+    assert seen and all(worker._PARSABLE.fullmatch(s) for s in seen), seen
 
 
 def test_parse_guard_refuses_code(tmp_path):
@@ -390,15 +390,15 @@ def test_parse_guard_refuses_code(tmp_path):
     from sympy.parsing.sympy_parser import parse_expr
 
     sentinel = tmp_path / "pwned"
-    with grading_worker.parse_guard():
+    with worker.parse_guard():
         assert sympy.sympify("12") == 12
         assert sympy.Number("1.5") == sympy.Float(1.5)
-        with pytest.raises(grading_worker.UnsafeParseError):
+        with pytest.raises(worker.UnsafeParseError):
             sympy.sympify(f"__import__('os').system('touch {sentinel}')")
         assert sympy.sympify("yotta") == sympy.Symbol("yotta")  # a lone name calls nothing
-        with pytest.raises(grading_worker.UnsafeParseError):
+        with pytest.raises(worker.UnsafeParseError):
             parse_expr("x + 1", evaluate=False)
-        with pytest.raises(grading_worker.UnsafeParseError):
+        with pytest.raises(worker.UnsafeParseError):
             sympy.S("exit()")
     assert not sentinel.exists()
     assert sympy.sympify("x + 1") == sympy.Symbol("x") + 1  # restored on exit
@@ -492,43 +492,41 @@ for line in sys.stdin:
 def fake_worker(tmp_path, monkeypatch):
     script = tmp_path / "fake_worker.py"
     script.write_text(FAKE_WORKER)
-    monkeypatch.setattr(grading_pool, "_WORKER_SCRIPT", str(script))
+    monkeypatch.setattr(pool, "_WORKER_SCRIPT", str(script))
 
 
 def test_pool_counts_crashes_and_overruns_and_recovers(fake_worker):
     pairs = [("a", "a"), ("crash", "x"), ("b", "c"), ("hang", "x"), ("raise", "x"), ("d", "d")]
-    with grading_pool.VerifierPool(workers=2, timeout_s=0.5) as pool:
+    with pool.VerifierPool(workers=2, timeout_s=0.5) as verifier:
         start = time.perf_counter()
-        outcomes = pool.verify(pairs * 2)
+        outcomes = verifier.verify(pairs * 2)
         assert time.perf_counter() - start < 2 * 0.5 + 3.0
         assert outcomes == ["correct", "error", "wrong", "timeout", "error", "correct"] * 2
-        assert pool.verify([("e", "e")]) == ["correct"]
+        assert verifier.verify([("e", "e")]) == ["correct"]
     with pytest.raises(RuntimeError, match="closed"):
-        pool.verify([("e", "e")])
-    pool.close()  # idempotent
+        verifier.verify([("e", "e")])
+    verifier.close()  # idempotent
 
 
 def test_pool_reports_a_worker_that_cannot_start(fake_worker, monkeypatch):
     monkeypatch.setenv("FAKE_WORKER_FAIL", "1")
-    with grading_pool.VerifierPool(workers=1, timeout_s=1.0) as pool:
+    with pool.VerifierPool(workers=1, timeout_s=1.0) as verifier:
         with pytest.raises(RuntimeError, match="exited with code 3 before it was ready"):
-            pool.verify([("a", "a")])
+            verifier.verify([("a", "a")])
 
 
 def test_math_reward_keeps_one_worker_across_calls(fake_worker, monkeypatch):
     """A loop of math_reward calls that all need the verifier starts one worker, not one each."""
     spawned = []
-    spawn = grading_pool.VerifierPool._spawn
-    monkeypatch.setattr(
-        grading_pool.VerifierPool, "_spawn", lambda self: spawned.append(1) or spawn(self)
-    )
+    spawn = pool.VerifierPool._spawn
+    monkeypatch.setattr(pool.VerifierPool, "_spawn", lambda self: spawned.append(1) or spawn(self))
     rewards.close_shared()
     try:
         results = [rewards.math_reward(rf"\boxed{{{i}}}", "x") for i in range(20)]
         assert results == [0.0] * 20  # the fake worker: different strings are wrong
         assert len(spawned) == 1
-        (pool,) = [g._pool for g in rewards._shared.values()]
-        (proc,) = pool._procs
+        (verifier,) = [g._pool for g in rewards._shared.values()]
+        (proc,) = verifier._procs
     finally:
         rewards.close_shared()
     assert proc.poll() is not None  # the worker is stopped
@@ -540,9 +538,7 @@ def test_math_reward_exits_cleanly():
     import subprocess
     import sys
 
-    code = (
-        "from s2d_jax import rewards; print(rewards.math_reward(r'so \\boxed{0.5}', r'\\frac12'))"
-    )
+    code = "from s2d_jax.grading import rewards; print(rewards.math_reward(r'so \\boxed{0.5}', r'\\frac12'))"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
     )

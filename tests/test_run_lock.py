@@ -13,7 +13,7 @@ import pytest
 from conftest import shrink_config
 
 from configs import toy_arith
-from s2d_jax import pipeline, run_lock
+from s2d_jax.workflow import pipeline, run_lock
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_pipeline_on_a_locked_workdir_fails_before_writing(tmp_path, live_pid):
 CONTENDER = """
 import os, sys, time
 from pathlib import Path
-from s2d_jax import run_lock
+from s2d_jax.workflow import run_lock
 workdir = Path(sys.argv[1])
 (workdir / f"ready.{os.getpid()}").touch()
 while not (workdir / "go").exists():

@@ -1,5 +1,5 @@
 """The rollout sampler against independent references: transformers' greedy `generate`, the
-trainer-side log-probs of `model.forward`, NumPy's truncated distributions, and itself under
+trainer-side log-probs of `decoder.forward`, NumPy's truncated distributions, and itself under
 re-batching, re-sharding and re-seeding.
 
 Models are tiny random HF models with weights scaled up (ENV_NOTES "a trap"), so greedy decoding
@@ -17,8 +17,9 @@ transformers = pytest.importorskip("transformers")
 
 from test_hf_io import make_hf_model  # noqa: E402
 
-from s2d_jax import hf_io, model, sampler, token_selection  # noqa: E402
-from s2d_jax import sharding as sh  # noqa: E402
+from s2d_jax.distributed import sharding as sh  # noqa: E402
+from s2d_jax.model import decoder, hf_io  # noqa: E402
+from s2d_jax.rollout import sampler, token_selection  # noqa: E402
 
 FAMILIES = {
     "qwen3": dict(rope_theta=10_000.0, tie_word_embeddings=True),
@@ -94,7 +95,7 @@ def _check_eos_layout(rollout, eos_ids):
 
 def _reference_logprobs(cfg, params, rollout, temperature):
     """log_softmax(forward(full sequence) / T) at each completion token [B, N] (the trainer's)."""
-    logits = jax.jit(model.forward, static_argnums=0)(
+    logits = jax.jit(decoder.forward, static_argnums=0)(
         cfg, params, rollout.tokens, rollout.attention_mask
     )
     if temperature > 0:
@@ -358,7 +359,7 @@ def test_prefill_and_decode_loop_traced_once_per_bucket(family_model, monkeypatc
 
 
 def test_cache_bytes_and_buckets():
-    cfg = model.ModelConfig.preset("toy_tiny", compute_dtype="bfloat16")
+    cfg = decoder.ModelConfig.preset("toy_tiny", compute_dtype="bfloat16")
     cache = sampler.init_cache(cfg, 3, 48)
     assert {x.dtype for x in jax.tree.leaves(cache)} == {jnp.dtype(jnp.bfloat16)}
     assert sampler.cache_bytes(cfg, 3, 48) == sum(x.nbytes for x in jax.tree.leaves(cache))
@@ -382,8 +383,8 @@ def test_cache_bytes_and_buckets():
     ],
 )
 def test_bad_arguments_are_named(change, match):
-    cfg = model.ModelConfig.preset("toy_tiny", vocab_size=40)
-    params = model.abstract_params(cfg)
+    cfg = decoder.ModelConfig.preset("toy_tiny", vocab_size=40)
+    params = decoder.abstract_params(cfg)
     kw = dict(prompts=[[1, 2]], max_new_tokens=4, eos_id=3, pad_id=PAD)
     kw.update(change)
     with pytest.raises(ValueError, match=match):
@@ -392,12 +393,12 @@ def test_bad_arguments_are_named(change, match):
 
 @pytest.mark.parametrize("data_axis", ["data", ("fsdp", "data"), ("fsdp", "fsdp")])
 def test_mesh_without_data_axis_is_named(data_axis):
-    cfg = model.ModelConfig.preset("toy_tiny", vocab_size=40)
+    cfg = decoder.ModelConfig.preset("toy_tiny", vocab_size=40)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("fsdp",))
     with pytest.raises(ValueError, match="data_axis=.* must name distinct axes of the mesh"):
         sampler.generate(
             cfg,
-            model.abstract_params(cfg),
+            decoder.abstract_params(cfg),
             [[1]],
             max_new_tokens=4,
             eos_id=3,

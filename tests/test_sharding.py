@@ -21,8 +21,11 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as Spec
 
-from s2d_jax import hf_io, model, placement, sampler, train
-from s2d_jax import sharding as sh
+from s2d_jax.distributed import placement
+from s2d_jax.distributed import sharding as sh
+from s2d_jax.learn import optimizer, steps
+from s2d_jax.model import decoder, hf_io
+from s2d_jax.rollout import sampler
 
 GOLDEN = Path(__file__).parent / "golden" / "toy_partition_specs.json"
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2)]
@@ -30,13 +33,13 @@ MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2)]
 
 @pytest.fixture(scope="module")
 def toy():
-    cfg = model.ModelConfig.preset("toy_teacher", vocab_size=32)
+    cfg = decoder.ModelConfig.preset("toy_teacher", vocab_size=32)
     # Host-side normal(0, 0.1) weights (5x the default init): peaked attention and logits up to
     # ~4, where a wrong layout shows; float32 reduction order across shards then moves logits by
-    # up to ~6e-6. (Eager `model.init_params` compiles one kernel per leaf: slow on 2 cores.)
+    # up to ~6e-6. (Eager `decoder.init_params` compiles one kernel per leaf: slow on 2 cores.)
     rng = np.random.default_rng(0)
     params = jax.tree.map(
-        lambda a: rng.normal(0.0, 0.1, a.shape).astype(np.float32), model.abstract_params(cfg)
+        lambda a: rng.normal(0.0, 0.1, a.shape).astype(np.float32), decoder.abstract_params(cfg)
     )
     return cfg, params
 
@@ -52,7 +55,7 @@ def _batch(cfg, rows=8, T=12):
 
 def _loss_and_logits(cfg, params, tokens, mask):
     """Mean next-token log-softmax loss over real target positions, and the logits [B, T, V]."""
-    logits = model.forward(cfg, params, tokens, mask)
+    logits = decoder.forward(cfg, params, tokens, mask)
     logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
     target_lp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
     weight = (mask[:, 1:] & mask[:, :-1]).astype(jnp.float32)
@@ -170,7 +173,7 @@ def test_golden_partition_specs(toy):
 
 def test_per_device_bytes_shrink_as_promised(toy):
     cfg, params = toy
-    shapes = model.param_shapes(cfg)
+    shapes = decoder.param_shapes(cfg)
     leaves = jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2)
     full = sum(4 * math.prod(shape) for shape, _ in leaves)
     tensor_names = {"heads", "kv_heads", "mlp", "vocab"}
@@ -202,7 +205,7 @@ def test_init_sharded_places_state_and_opt_state_mirrors_params(toy):
         return {"params": p, "opt_state": optimizer.init(p), "step": jnp.zeros((), jnp.int32)}
 
     def shardings_of(abstract):
-        return sh.shardings_like_params(abstract, model.abstract_params(cfg), shardings)
+        return sh.shardings_like_params(abstract, decoder.abstract_params(cfg), shardings)
 
     state, state_shardings = sh.init_sharded(init, shardings_of, params)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["params"]), params)
@@ -222,7 +225,7 @@ def test_shardings_like_params_matches_by_path_and_shape(toy):
     cfg, _ = toy
     mesh = sh.make_mesh(sh.MeshConfig(2, 2, 2))
     shardings = sh.param_shardings(cfg, mesh, sh.TRAIN_RULES)
-    abstract = model.abstract_params(cfg)
+    abstract = decoder.abstract_params(cfg)
     wq = abstract["layers"]["wq"]
     tree = {
         "mu": abstract,
@@ -338,8 +341,8 @@ def _grpo_setup(cfg, params):
         "old_logprobs": -rng.uniform(2.0, 4.0, (8, tokens.shape[1] - 1)).astype(np.float32),
         "advantages": rng.standard_normal(8).astype(np.float32),
     }
-    step_cfg = train.StepConfig("grpo", train.OptimizerConfig(lr=1e-3), chunk_size=4)
-    state = train.init_train_state(cfg, step_cfg.optimizer, params, 0)
+    step_cfg = steps.StepConfig("grpo", optimizer.OptimizerConfig(lr=1e-3), chunk_size=4)
+    state = steps.init_train_state(cfg, step_cfg.optimizer, params, 0)
     return step_cfg, jax.device_get(state), batch
 
 
@@ -355,7 +358,7 @@ def _two_steps(step, state, batch):
 def one_device_train(toy):
     cfg, params = toy
     step_cfg, state, batch = _grpo_setup(cfg, params)
-    step = train.jit_train_step(step_cfg, cfg)
+    step = steps.jit_train_step(step_cfg, cfg)
     return _two_steps(step, *jax.device_put((state, batch), jax.devices()[0]))
 
 
@@ -365,8 +368,8 @@ def test_sharded_train_step_equals_one_device(toy, one_device_train, shape):
     step_cfg, state, batch = _grpo_setup(cfg, params)
     mesh = sh.make_mesh(sh.MeshConfig(*shape))
     p_shardings = sh.param_shardings(cfg, mesh, sh.TRAIN_RULES)
-    s_shardings = sh.shardings_like_params(state, model.abstract_params(cfg), p_shardings)
-    step = train.jit_train_step(
+    s_shardings = sh.shardings_like_params(state, decoder.abstract_params(cfg), p_shardings)
+    step = steps.jit_train_step(
         step_cfg, cfg, state_sharding=s_shardings, batch_sharding=sh.batch_sharding(mesh)
     )
     state = jax.device_put(state, s_shardings)

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import s2d_jax.data  # noqa: E402
-from s2d_jax import hf_io, model  # noqa: E402
+from s2d_jax.model import decoder, hf_io  # noqa: E402
 from s2d_jax.tools import get_smollm2  # noqa: E402
 
 # The copy shipped with the package (the same file as ../shared/data/gsm8k_test.jsonl).
@@ -77,7 +77,7 @@ def reference_logits(smollm2_dir, prompt_batch):
 
 def _max_error(cfg, params, prompt_batch, reference):
     tokens, mask = prompt_batch
-    forward = jax.jit(model.forward, static_argnums=0)
+    forward = jax.jit(decoder.forward, static_argnums=0)
     ours = np.asarray(forward(cfg, params, jnp.asarray(tokens), jnp.asarray(mask)))
     return np.abs(ours[mask] - reference[mask]).max()
 
@@ -85,7 +85,7 @@ def _max_error(cfg, params, prompt_batch, reference):
 def test_checkpoint_directory_is_plain_hf(smollm2_dir):
     config = json.loads((smollm2_dir / "config.json").read_text())
     assert "quantization_config" not in config
-    cfg = model.ModelConfig.from_hf_config(hf_io.read_hf_config(smollm2_dir))
+    cfg = decoder.ModelConfig.from_hf_config(hf_io.read_hf_config(smollm2_dir))
     expected = dict(n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, head_dim=64, mlp_dim=1536)
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert (cfg.vocab_size, cfg.rope_theta, cfg.tie_embeddings) == (49152, 1e5, True)
@@ -122,7 +122,7 @@ def test_wrong_rope_theta_fails_the_bound(smollm2_dir, prompt_batch, reference_l
 @pytest.fixture(scope="module")
 def greedy_runs(smollm2_dir, prompt_batch, tokenizer):
     """(ours, transformers') greedy continuations [4, 48] of the chat prompts, and our rollout."""
-    from s2d_jax import sampler
+    from s2d_jax.rollout import sampler
 
     tokens, mask = prompt_batch
     prompts = [row[m].tolist() for row, m in zip(tokens, mask, strict=True)]
@@ -151,10 +151,10 @@ def test_greedy_generation_matches_transformers(greedy_runs):
 
 def test_sampler_logprobs_match_trainer_on_real_weights(greedy_runs):
     """The sampler's log-probs of its tokens equal a fresh forward pass over the sequences."""
-    from s2d_jax import losses
+    from s2d_jax.learn import losses
 
     _, _, (cfg, params, rollout) = greedy_runs
-    logits = model.forward(cfg, params, rollout.tokens, rollout.attention_mask)
+    logits = decoder.forward(cfg, params, rollout.tokens, rollout.attention_mask)
     P = rollout.prompt_mask.shape[1]
     trainer = losses.token_logprobs(logits[:, :-1], rollout.tokens[:, 1:])[:, P - 1 :]
     mask = np.asarray(rollout.completion_mask)

@@ -8,12 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2d_jax import checkpoints, metrics, stage_loop, train
+from s2d_jax.learn import steps
+from s2d_jax.workflow import checkpoints, metrics, stage_loop
 
 
 def _state():
     w = jnp.zeros(3)
-    return train.TrainState({"w": w}, {"m": w}, jnp.zeros((), jnp.int32), jnp.zeros(2, jnp.uint32))
+    return steps.TrainState({"w": w}, {"m": w}, jnp.zeros((), jnp.int32), jnp.zeros(2, jnp.uint32))
 
 
 def _update(skip_steps=()):

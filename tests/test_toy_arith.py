@@ -285,13 +285,15 @@ def test_step_accuracy_counts_clean_and_misconceived_steps(tmp_path):
 
 def test_each_pool_is_graded_in_the_answer_style_of_its_dataset(tmp_path):
     from configs import toy_arith as toy_config
-    from s2d_jax import rewards, tasks
+    from s2d_jax.data.task import Task
+    from s2d_jax.grading import rewards
+    from s2d_jax.workflow.config import parse_task
 
-    task_cfg = tasks.parse_task(toy_config.get_config("stage3=false"))
+    task_cfg = parse_task(toy_config.get_config("stage3=false"))
     tokenizer = toy_arith.build_toy_tokenizer(
         str(tmp_path), toy_arith.ArithConfig(**task_cfg.arith)
     )
-    task = tasks.Task(task_cfg, tokenizer)
+    task = Task(task_cfg, tokenizer)
     styles = {name: task.answer_style(name) for name in ("demos", "rl_1h", "test", "math500")}
     styles |= {name: task.answer_style(name) for name in ("aime24", "gsm8k", "gsm8k:train")}
     assert styles == {
@@ -303,7 +305,7 @@ def test_each_pool_is_graded_in_the_answer_style_of_its_dataset(tmp_path):
         "gsm8k": "gsm8k",
         "gsm8k:train": "gsm8k",
     }
-    gsm8k_file = tasks.Task(dataclasses.replace(task_cfg, train_columns="gsm8k"), tokenizer)
+    gsm8k_file = Task(dataclasses.replace(task_cfg, train_columns="gsm8k"), tokenizer)
     assert gsm8k_file.answer_style("math_train:train") == "gsm8k"
     assert task.answer_style("math_train:train") == "boxed"
     with pytest.raises(KeyError, match="unknown data pool 'nope'"):

@@ -9,26 +9,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2d_jax import losses, model, train
+from s2d_jax.learn import losses, optimizer, steps
+from s2d_jax.model import decoder
 
-CFG = model.ModelConfig.preset("toy_tiny", vocab_size=48)
+CFG = decoder.ModelConfig.preset("toy_tiny", vocab_size=48)
 TEACHER_CFG = dataclasses.replace(CFG, d_model=40, head_dim=10, n_layers=1)
 # eps = 1 makes Adam's first update ~ lr * g (instead of lr * sign(g)), so comparing params
 # after one update compares gradients; no clipping or decay to blur it.
-LINEAR_OPT = train.OptimizerConfig(lr=0.1, eps=1.0, weight_decay=0.0, grad_clip=0.0)
+LINEAR_OPT = optimizer.OptimizerConfig(lr=0.1, eps=1.0, weight_decay=0.0, grad_clip=0.0)
 B, T = 16, 10  # two rows per fake device
 # Compiling a step (mostly the decoder's backward pass) dominates the run time of this file, so
 # tests share these configurations and the cached jitted steps below, compiled with XLA's backend
 # optimisations off (half the compile time; the same numbers).
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
-GRPO = train.StepConfig(
+GRPO = steps.StepConfig(
     "grpo", LINEAR_OPT, aggregation="sequence", kl_coef=0.1, chunk_size=4, vocab_chunk=16
 )
-FKL = train.StepConfig("forward_kl", LINEAR_OPT, chunk_size=4, vocab_chunk=16)
+FKL = steps.StepConfig("forward_kl", LINEAR_OPT, chunk_size=4, vocab_chunk=16)
 
 
 def numpy_init(cfg, seed, std):
-    """Random params from NumPy: unit norm weights, normal(std) matrices. (model.init_params would
+    """Random params from NumPy: unit norm weights, normal(std) matrices. (decoder.init_params would
     compile a random kernel per parameter shape, seconds each on a busy CPU.)"""
     rng = np.random.default_rng(seed)
 
@@ -37,7 +38,7 @@ def numpy_init(cfg, seed, std):
             return np.ones(abstract.shape, np.float32)
         return (rng.normal(size=abstract.shape) * std).astype(np.float32)
 
-    return jax.tree.map(one, model.abstract_params(cfg), model.param_axes(cfg))
+    return jax.tree.map(one, decoder.abstract_params(cfg), decoder.param_axes(cfg))
 
 
 @functools.cache
@@ -52,7 +53,7 @@ SFT = dataclasses.replace(FKL, objective="sft")
 @functools.partial(jax.jit, donate_argnames=("state",), compiler_options=FAST_COMPILE)
 @chex.assert_max_traces(n=1)
 def sft_step(state, batch):
-    return train.train_step(state, batch, cfg=SFT, model_cfg=CFG)
+    return steps.train_step(state, batch, cfg=SFT, model_cfg=CFG)
 
 
 GRPO4 = dataclasses.replace(GRPO, micro_batches=4)
@@ -67,19 +68,19 @@ def shardings():
 
 
 @functools.cache
-def jitted_step(cfg: train.StepConfig):
+def jitted_step(cfg: steps.StepConfig):
     """The step of cfg, jitted once per configuration with the state donated."""
     if cfg == SFT:  # the one whose traces chex counts (its counter is per function definition)
         return sft_step
     if cfg == GRPO4:  # the public helper, with the batch sharded over the devices
         replicated, rows = shardings()
-        return train.jit_train_step(
+        return steps.jit_train_step(
             cfg, CFG, state_sharding=replicated, batch_sharding=rows, compiler_options=FAST_COMPILE
         )
-    if cfg.objective in train.TEACHER_OBJECTIVES:
-        fn = functools.partial(train.distill_step, model_cfg=CFG, teacher_cfg=TEACHER_CFG, cfg=cfg)
+    if cfg.objective in steps.TEACHER_OBJECTIVES:
+        fn = functools.partial(steps.distill_step, model_cfg=CFG, teacher_cfg=TEACHER_CFG, cfg=cfg)
     else:
-        fn = functools.partial(train.train_step, cfg=cfg, model_cfg=CFG)
+        fn = functools.partial(steps.train_step, cfg=cfg, model_cfg=CFG)
     return jax.jit(fn, donate_argnames=("state",), compiler_options=FAST_COMPILE)
 
 
@@ -88,7 +89,7 @@ def run_step(cfg, state, batch):
     batch = {k: batch[k] for k in cfg.batch_keys()}
     if cfg == GRPO4:  # inputs placed as the step expects them: one compiled executable
         state, batch = jax.device_put((state, batch), shardings())
-    if cfg.objective in train.TEACHER_OBJECTIVES:
+    if cfg.objective in steps.TEACHER_OBJECTIVES:
         return jitted_step(cfg)(state, params_and_teacher()[1], batch)
     return jitted_step(cfg)(state, batch)
 
@@ -121,7 +122,7 @@ def make_batch(seed=0):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _init_state(opt, params, key):
-    return train.init_train_state(CFG, opt, params, key)
+    return steps.init_train_state(CFG, opt, params, key)
 
 
 def fresh_state(opt=LINEAR_OPT):
@@ -150,7 +151,7 @@ def test_accumulated_distillation_loss_is_the_batch_loss():
     equals the batch's token-mean KL from the two models' full logits."""
     params, teacher = params_and_teacher()
     batch = make_batch(1)
-    stats = train.score_kl(
+    stats = steps.score_kl(
         CFG, params, TEACHER_CFG, teacher, batch["tokens"], batch["attention_mask"], chunk_size=4
     )
     want = losses.kl_metrics(stats, batch["loss_mask"])
@@ -171,12 +172,12 @@ def test_micro_batch_weights_recover_the_batch_loss():
     def loss_and_normaliser(b):
         out = {}
         for aggregation in losses.AGGREGATIONS:
-            cfg = train.StepConfig("grpo", aggregation=aggregation, kl_coef=0.1)
+            cfg = steps.StepConfig("grpo", aggregation=aggregation, kl_coef=0.1)
             loss, _ = losses.grpo_loss(
                 b["logprobs"], b["old_logprobs"], b["advantages"], b["loss_mask"],
                 ref_logprobs=b["ref_logprobs"], kl_coef=0.1, aggregation=aggregation,
             )  # fmt: skip
-            out[aggregation] = (loss, train._normaliser(cfg, b))
+            out[aggregation] = (loss, steps._normaliser(cfg, b))
         return out
 
     full = loss_and_normaliser(batch)
@@ -209,7 +210,7 @@ def test_nan_batch_is_skipped_bit_identically():
 # ----------------------------------------------------------------------------- each objective learns
 
 
-@pytest.mark.parametrize("objective", train.OBJECTIVES)
+@pytest.mark.parametrize("objective", steps.OBJECTIVES)
 def test_objective_loss_decreases(objective):
     """A few steps on one batch lower the loss; each jitted step is traced exactly once."""
     known = {"grpo": GRPO, "forward_kl": dataclasses.replace(FKL, micro_batches=4)}
@@ -218,7 +219,7 @@ def test_objective_loss_decreases(objective):
     state = fresh_state()
     if objective == "sampled_reverse_kl":  # on-policy: old = current student
         batch["old_logprobs"] = np.asarray(
-            train.score_tokens(
+            steps.score_tokens(
                 CFG, state.params, batch["tokens"], batch["attention_mask"], chunk_size=4
             )
         )
@@ -236,50 +237,50 @@ def test_objective_loss_decreases(objective):
 
 
 def test_learning_rate_schedules():
-    cos = train.OptimizerConfig(lr=1.0, schedule="cosine", warmup_steps=4, total_steps=12)
-    sched = train.learning_rate_schedule(cos)
+    cos = optimizer.OptimizerConfig(lr=1.0, schedule="cosine", warmup_steps=4, total_steps=12)
+    sched = optimizer.learning_rate_schedule(cos)
     for step, want in [(0, 0.0), (2, 0.5), (4, 1.0), (8, 0.5), (12, 0.0)]:
         np.testing.assert_allclose(sched(step), want, atol=1e-6)
-    const = train.learning_rate_schedule(train.OptimizerConfig(lr=2.0, warmup_steps=2))
+    const = optimizer.learning_rate_schedule(optimizer.OptimizerConfig(lr=2.0, warmup_steps=2))
     np.testing.assert_allclose([const(s) for s in (0, 1, 2, 50)], [0.0, 1.0, 2.0, 2.0])
     with pytest.raises(ValueError, match="schedule"):
-        train.OptimizerConfig(schedule="linear")
+        optimizer.OptimizerConfig(schedule="linear")
     with pytest.raises(ValueError, match="total_steps"):
-        train.make_optimizer(train.OptimizerConfig(schedule="cosine", total_steps=0))
+        optimizer.make_optimizer(optimizer.OptimizerConfig(schedule="cosine", total_steps=0))
 
 
 def test_optimizer_is_adamw_with_clipping():
-    cfg = train.OptimizerConfig(lr=0.1, weight_decay=0.5, grad_clip=1.0)
+    cfg = optimizer.OptimizerConfig(lr=0.1, weight_decay=0.5, grad_clip=1.0)
     params = {"w": jnp.array([1.0, 3.0])}
     grads = {"w": jnp.array([30.0, 40.0])}  # norm 50: clipped to norm 1
-    opt = train.make_optimizer(cfg)
+    opt = optimizer.make_optimizer(cfg)
     updates, state = opt.update(grads, opt.init(params), params)
     g = np.array([0.6, 0.8])
     adam = g / (np.abs(g) + 1e-8)  # first step, bias-corrected: m/sqrt(v) = sign(g)
     want = -0.1 * (adam + 0.5 * np.array([1.0, 3.0]))
     np.testing.assert_allclose(updates["w"], want, rtol=1e-6)
-    np.testing.assert_allclose(train.learning_rate(state), 0.1)
+    np.testing.assert_allclose(optimizer.learning_rate(state), 0.1)
 
 
 def test_init_train_state_checks_params():
     params, teacher = params_and_teacher()
     with pytest.raises(ValueError, match="ModelConfig"):
-        train.init_train_state(CFG, LINEAR_OPT, teacher, 0)
-    state = train.init_train_state(CFG, LINEAR_OPT, params, jax.random.key(3))
+        steps.init_train_state(CFG, LINEAR_OPT, teacher, 0)
+    state = steps.init_train_state(CFG, LINEAR_OPT, params, jax.random.key(3))
     assert int(state.step) == 0 and state.params["embed"] is not params["embed"]
 
 
 def test_step_config_checks():
     with pytest.raises(ValueError, match="objective"):
-        train.StepConfig("ppo")
+        steps.StepConfig("ppo")
     with pytest.raises(ValueError, match="teacher"):
-        train.jit_train_step(train.StepConfig("reverse_kl"), CFG)
+        steps.jit_train_step(steps.StepConfig("reverse_kl"), CFG)
     with pytest.raises(ValueError, match="micro_batches"):
-        train.StepConfig("sft", micro_batches=0)
+        steps.StepConfig("sft", micro_batches=0)
     with pytest.raises(ValueError, match="every argument"):
-        train.jit_train_step(GRPO, CFG, state_sharding=shardings()[0])
+        steps.jit_train_step(GRPO, CFG, state_sharding=shardings()[0])
     step = functools.partial(
-        train.train_step, cfg=train.StepConfig("sft", micro_batches=3), model_cfg=CFG
+        steps.train_step, cfg=steps.StepConfig("sft", micro_batches=3), model_cfg=CFG
     )
     with pytest.raises(ValueError, match="micro_batches"):
         jax.eval_shape(step, fresh_state(), make_batch())
@@ -298,13 +299,13 @@ def test_score_tokens_and_kl_match_full_logits():
     params, teacher = params_and_teacher()
     batch = make_batch(6)
     tokens, mask = batch["tokens"], batch["attention_mask"]
-    lp_s = np_log_softmax(model.forward(CFG, params, tokens, mask))[:, :-1]
-    lp_t = np_log_softmax(model.forward(TEACHER_CFG, teacher, tokens, mask))[:, :-1]
+    lp_s = np_log_softmax(decoder.forward(CFG, params, tokens, mask))[:, :-1]
+    lp_t = np_log_softmax(decoder.forward(TEACHER_CFG, teacher, tokens, mask))[:, :-1]
     idx = tokens[:, 1:, None]
     want_lp = np.take_along_axis(lp_s, idx, -1)[..., 0]
-    got_lp = train.score_tokens(CFG, params, tokens, mask, chunk_size=4)
+    got_lp = steps.score_tokens(CFG, params, tokens, mask, chunk_size=4)
     np.testing.assert_allclose(got_lp, want_lp, rtol=1e-5, atol=1e-5)
-    stats = train.score_kl(CFG, params, TEACHER_CFG, teacher, tokens, mask, chunk_size=4)
+    stats = steps.score_kl(CFG, params, TEACHER_CFG, teacher, tokens, mask, chunk_size=4)
     p_s, p_t = np.exp(lp_s), np.exp(lp_t)
     want = {
         "forward": (p_t * (lp_t - lp_s)).sum(-1),
@@ -324,7 +325,7 @@ def test_grpo_step_metrics_match_loss_function():
     """The step's GRPO loss is losses.grpo_loss on the model's log-probs."""
     batch = make_batch(7)
     state = fresh_state()
-    lp = train.score_tokens(
+    lp = steps.score_tokens(
         CFG, state.params, batch["tokens"], batch["attention_mask"], chunk_size=4
     )
     want, _ = losses.grpo_loss(

@@ -10,7 +10,7 @@ compiled (`jax.jit(...).lower(...).compile()`) for `--devices` fake CPU devices 
 arguments, outputs, the part of them aliased (donated state, cache), temporaries, and
 total = arguments + outputs - aliased + temporaries.
 
-Three programs are compiled: the train step (`train.jit_train_step`, TRAIN_RULES, state
+Three programs are compiled: the train step (`steps.jit_train_step`, TRAIN_RULES, state
 donated: float32 master weights and AdamW moments, compute in `--dtype`; `--objective` picks the
 loss, the distillation ones also take `--teacher_preset`'s frozen params, stored in `--dtype`),
 the sampler's prefill (`cached_forward.forward_cached` over the prompt, cache donated)
@@ -83,17 +83,18 @@ def _abstract(tree, shardings):
 
 
 def train_step_memory(model_cfg, mesh, *, batch: int, seq: int, step_cfg, teacher_cfg=None):
-    """Compile `train.jit_train_step` for a [batch, seq] batch on `mesh`; per-device bytes."""
+    """Compile `steps.jit_train_step` for a [batch, seq] batch on `mesh`; per-device bytes."""
     import jax
     import jax.numpy as jnp
 
-    from s2d_jax import model, train
-    from s2d_jax import sharding as sh
+    from s2d_jax.distributed import sharding as sh
+    from s2d_jax.learn import steps
+    from s2d_jax.model import decoder
 
-    abstract_params = model.abstract_params(model_cfg)
+    abstract_params = decoder.abstract_params(model_cfg)
     p_shardings = sh.param_shardings(model_cfg, mesh, sh.TRAIN_RULES)
     state = jax.eval_shape(
-        lambda p: train.init_train_state(model_cfg, step_cfg.optimizer, p, jax.random.key(0)),
+        lambda p: steps.init_train_state(model_cfg, step_cfg.optimizer, p, jax.random.key(0)),
         abstract_params,
     )
     state_shardings = sh.shardings_like_params(state, abstract_params, p_shardings)
@@ -114,11 +115,11 @@ def train_step_memory(model_cfg, mesh, *, batch: int, seq: int, step_cfg, teache
     kwargs = dict(state_sharding=state_shardings, batch_sharding=batch_sharding)
     if teacher_cfg is not None:
         t_shardings = sh.param_shardings(teacher_cfg, mesh, sh.TRAIN_RULES)
-        args.append(_abstract(model.abstract_params(teacher_cfg), t_shardings))
+        args.append(_abstract(decoder.abstract_params(teacher_cfg), t_shardings))
         kwargs["teacher_sharding"] = t_shardings
     args.append(abstract_batch)
     start = time.time()
-    step = train.jit_train_step(step_cfg, model_cfg, teacher_cfg, **kwargs)
+    step = steps.jit_train_step(step_cfg, model_cfg, teacher_cfg, **kwargs)
     compiled = step.lower(*args).compile()
     return memory_of(compiled) | {"compile_s": round(time.time() - start, 1)}
 
@@ -135,14 +136,14 @@ def sampler_memory(model_cfg, mesh, *, batch: int, prompt_len: int, cache_len: i
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as Spec
 
-    from s2d_jax import cached_forward, model
-    from s2d_jax import sharding as sh
+    from s2d_jax.distributed import sharding as sh
+    from s2d_jax.model import cached_forward, decoder
 
     rules = sh.SAMPLE_RULES
     p_shardings = sh.param_shardings(model_cfg, mesh, rules)
     unstack = functools.partial(cached_forward.unstack_layers, dtype=model_cfg.compute_dtype)
     params = _abstract(
-        jax.eval_shape(unstack, model.abstract_params(model_cfg)),
+        jax.eval_shape(unstack, decoder.abstract_params(model_cfg)),
         sh.per_layer_shardings(p_shardings, model_cfg.n_layers),
     )
     c_shardings = sh.cache_shardings(model_cfg, mesh, rules, batch, cache_len)
@@ -165,7 +166,7 @@ def sampler_memory(model_cfg, mesh, *, batch: int, prompt_len: int, cache_len: i
         hidden, cache = cached_forward.forward_cached(
             model_cfg, params, tokens, positions, cache, index, kv_mask
         )
-        return model.logits_from_hidden(model_cfg, params, hidden), cache
+        return decoder.logits_from_hidden(model_cfg, params, hidden), cache
 
     out = {}
     for name, fn, T, out_shardings in (
@@ -182,24 +183,25 @@ def sampler_memory(model_cfg, mesh, *, batch: int, prompt_len: int, cache_len: i
 
 def _compile_all(args, dtype: str, mesh) -> dict:
     """{program: per-device bytes} for the train step and (unless skipped) the sampler."""
-    from s2d_jax import model, train
+    from s2d_jax.learn import optimizer, steps
+    from s2d_jax.model import decoder
 
     layers = {"n_layers": args.layers} if args.layers else {}
     # As the pipeline holds them: the trained model's float32 masters (and AdamW state), compute
     # in `dtype`; a frozen teacher stored in `dtype`.
-    model_cfg = model.ModelConfig.preset(
+    model_cfg = decoder.ModelConfig.preset(
         args.preset, param_dtype="float32", compute_dtype=dtype, **layers
     )
     teacher_cfg = None
-    if args.objective in train.TEACHER_OBJECTIVES:
+    if args.objective in steps.TEACHER_OBJECTIVES:
         if not args.teacher_preset:
             raise SystemExit(f"--objective {args.objective} needs --teacher_preset")
-        teacher_cfg = model.ModelConfig.preset(
+        teacher_cfg = decoder.ModelConfig.preset(
             args.teacher_preset, param_dtype=dtype, compute_dtype=dtype
         )
-    step_cfg = train.StepConfig(
+    step_cfg = steps.StepConfig(
         args.objective,
-        train.OptimizerConfig(lr=1e-6),
+        optimizer.OptimizerConfig(lr=1e-6),
         micro_batches=args.micro_batches,
         kl_coef=args.kl_coef,
     )
@@ -234,15 +236,15 @@ def fit_report(args: argparse.Namespace) -> dict:
     """
     import jax
 
-    from s2d_jax import model
-    from s2d_jax import sharding as sh
+    from s2d_jax.distributed import sharding as sh
+    from s2d_jax.model import decoder
 
     mesh = sh.make_mesh(sh.MeshConfig(*args.mesh), jax.devices()[: args.devices])
     layers = {"n_layers": args.layers} if args.layers else {}
     report = {
         "preset": args.preset,
-        "params": model.count_params(
-            model.abstract_params(model.ModelConfig.preset(args.preset, **layers))
+        "params": decoder.count_params(
+            decoder.abstract_params(decoder.ModelConfig.preset(args.preset, **layers))
         ),
         "dtype": args.dtype,
         "mesh": dict(mesh.shape),
@@ -291,14 +293,14 @@ def format_report(report: dict, args: argparse.Namespace) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", required=True, help="model.ModelConfig preset, e.g. qwen3_8b")
+    parser.add_argument("--preset", required=True, help="decoder.ModelConfig preset, e.g. qwen3_8b")
     parser.add_argument("--devices", type=int, default=8, help="devices of the target mesh")
     parser.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (-1: the rest)")
     parser.add_argument("--batch", type=int, default=8, help="train rows per step (global)")
     parser.add_argument("--seq", type=int, default=4096, help="train tokens per row = cache slots")
     parser.add_argument("--sample_batch", type=int, default=0, help="sampler rows (0: --batch)")
     parser.add_argument("--prompt_len", type=int, default=512, help="sampler prompt slots")
-    parser.add_argument("--objective", default="grpo", help="train.OBJECTIVES entry")
+    parser.add_argument("--objective", default="grpo", help="steps.OBJECTIVES entry")
     parser.add_argument("--teacher_preset", default="", help="for distillation objectives")
     parser.add_argument("--micro_batches", type=int, default=1)
     parser.add_argument("--kl_coef", type=float, default=0.0, help=">0 adds ref log-probs")

@@ -181,7 +181,7 @@ def _convert(gguf_file: str, out_dir: str) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from s2d_jax import hf_io
+    from s2d_jax.model import hf_io
 
     gguf, out = Path(gguf_file), Path(out_dir)
     hf = transformers.AutoModelForCausalLM.from_pretrained(

@@ -19,8 +19,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from s2d_jax import random_models
 from s2d_jax.data import builders, prompts, sources, tokenizers
+from s2d_jax.workflow import random_models
 
 ROWS = 96
 PROMPT_TOKENS = range(65, 97)  # the sampler bucket (64, 96]

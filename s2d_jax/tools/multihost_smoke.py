@@ -10,7 +10,7 @@ Two processes on one machine, two fake CPU devices each, one 4-device global mes
 
 It exercises what a pod slice does: `jax.distributed.initialize`, each process building only its
 own rows of the batch (`sharding.process_rows` + `sharding.global_batch`), frozen-model scoring
-and `train.train_step` (objective "grpo") jitted with explicit shardings over the global mesh,
+and `steps.train_step` (objective "grpo") jitted with explicit shardings over the global mesh,
 an orbax checkpoint written and read back by all processes together (`checkpoints.py`), and
 process 0 alone writing the result. `tests/test_multihost.py` runs it and compares the losses
 with the same `run` on 4 devices of a single process. `--quick` swaps the GRPO step (whose
@@ -30,18 +30,20 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding
 
-from s2d_jax import checkpoints, model, train
-from s2d_jax import sharding as sh
+from s2d_jax.distributed import sharding as sh
+from s2d_jax.learn import optimizer, steps
+from s2d_jax.model import decoder
+from s2d_jax.workflow import checkpoints
 
 MESH = sh.MeshConfig(data=1, fsdp=2, tensor=2)
 ROWS, LENGTH = 8, 16  # global batch [B, T]
 
 
-def toy_config() -> model.ModelConfig:
-    return model.ModelConfig.preset("toy_tiny")
+def toy_config() -> decoder.ModelConfig:
+    return decoder.ModelConfig.preset("toy_tiny")
 
 
-def _global_rows(cfg: model.ModelConfig, step: int) -> dict[str, np.ndarray]:
+def _global_rows(cfg: decoder.ModelConfig, step: int) -> dict[str, np.ndarray]:
     """The whole batch of `step` as host arrays (a function of the step only, like the pipeline's)."""
     rng = np.random.default_rng(step)
     tokens = rng.integers(0, cfg.vocab_size, (ROWS, LENGTH)).astype(np.int32)
@@ -76,18 +78,18 @@ def _tree_equal(a, b) -> bool:
 def _grpo(mesh: jax.sharding.Mesh):
     """(state, its shardings, step function) for GRPO updates of the toy model via train.py."""
     cfg = toy_config()
-    opt = train.OptimizerConfig(lr=1e-2, weight_decay=0.0)
+    opt = optimizer.OptimizerConfig(lr=1e-2, weight_decay=0.0)
     p_shardings = sh.param_shardings(cfg, mesh, sh.TRAIN_RULES)
 
     def init(key):
-        return train.init_train_state(cfg, opt, model.init_params(cfg, key, std=0.1), key)
+        return steps.init_train_state(cfg, opt, decoder.init_params(cfg, key, std=0.1), key)
 
     def shardings_of(abstract):
-        return sh.shardings_like_params(abstract, model.abstract_params(cfg), p_shardings)
+        return sh.shardings_like_params(abstract, decoder.abstract_params(cfg), p_shardings)
 
     state, state_shardings = sh.init_sharded(init, shardings_of, jax.random.key(0))
-    jitted = train.jit_train_step(
-        train.StepConfig("grpo", opt, chunk_size=8),
+    jitted = steps.jit_train_step(
+        steps.StepConfig("grpo", opt, chunk_size=8),
         cfg,
         state_sharding=state_shardings,
         batch_sharding=sh.batch_sharding(mesh),
@@ -95,7 +97,7 @@ def _grpo(mesh: jax.sharding.Mesh):
 
     def step_fn(state, batch):
         # The rollout policy's log-probs, scored by the frozen-model path (sharded as its inputs).
-        batch["old_logprobs"] = train.score_tokens(
+        batch["old_logprobs"] = steps.score_tokens(
             cfg, state.params, batch["tokens"], batch["attention_mask"], chunk_size=8
         )
         state, metrics = jitted(state, batch)

@@ -27,25 +27,6 @@ class TaskConfig:
     arith: dict  # toy_arith.ArithConfig fields (arith only)
 
 
-def parse_task(config) -> TaskConfig:
-    from s2d_jax.experiment import to_dataclass
-
-    task = to_dataclass(TaskConfig, config.task, "config.task")
-    if task.name not in datasets.SPLITS:
-        raise ValueError(f"config.task.name = {task.name!r}; known: {sorted(datasets.SPLITS)}")
-    if task.train_columns and not task.train_path:
-        raise ValueError(
-            f"config.task.train_path is required (train_columns={task.train_columns!r}): the local "
-            "path of the training file, e.g. DAPO-Math-17K as parquet or JSONL"
-        )
-    if task.train_path and not Path(task.train_path).exists():
-        raise FileNotFoundError(
-            f"config.task.train_path = {task.train_path!r} does not exist: give a local JSONL or "
-            "parquet file with problem and answer columns (e.g. DAPO-Math-17K)"
-        )
-    return task
-
-
 def resolve_pool(cfg: TaskConfig, name: str) -> tuple[str, str, str | None]:
     """(dataset, split, half or None) of a pool name (see the module docstring); a KeyError
     names the pool and what exists when the dataset or split is unknown. Reads no data."""

@@ -6,7 +6,7 @@ r"""Math answer grading: extract the final answer from model text and check it a
     with rewards.Grader(workers=2, timeout_s=5.0) as grader:
         rewards_B, stats = grader.grade(responses, references, answer_style="boxed")  # [B] float32
         judgments = grader.judge(responses, references, answer_style="boxed")  # one per response
-        verdicts = grader.equivalent([(answer, other_answer), ...])  # grading_pool.OUTCOMES
+        verdicts = grader.equivalent([(answer, other_answer), ...])  # pool.OUTCOMES
     rewards.batch_reward(responses, references, answer_style="boxed", workers=2)  # one-off pool
 
 Answer styles (`ANSWER_STYLES`): "boxed" (MATH, AIME, the toy) reads only the last box, so a
@@ -15,7 +15,7 @@ Answer styles (`ANSWER_STYLES`): "boxed" (MATH, AIME, the toy) reads only the la
 
 Order of checks per response: no extracted answer -> 0.0 ("reward/no_answer", no worker round
 trip); answer longer than `max_answer_chars` -> 0.0 ("reward/too_long"); equal strings after
-`normalize_answer` -> 1.0; otherwise math-verify in a worker process (`grading_pool`), where an
+`normalize_answer` -> 1.0; otherwise math-verify in a worker process (`pool.py`), where an
 overrun ("reward/timeouts") or an exception ("reward/errors") gives 0.0. `judge` keeps these
 reasons per response (`JUDGMENTS`), so a timeout stays distinguishable from a wrong answer.
 A rollout cut at the token limit scores 0 whatever it boxed (`zero_truncated`), in training and
@@ -35,7 +35,7 @@ read from their source:
   sympy.physics.units; recording every string that reaches sympy's parser while grading MATH-500
   and the injection probes (tests/test_rewards.py) showed only numbers and such names.
 We never call eval/exec/sympify/parse_expr/S on model text, and the worker additionally wraps
-sympy's string parser (`grading_worker.parse_guard`) to refuse anything but a number or a name.
+sympy's string parser (`worker.parse_guard`) to refuse anything but a number or a name.
 """
 
 import atexit
@@ -46,7 +46,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from s2d_jax.grading_pool import VerifierPool
+from s2d_jax.grading.pool import VerifierPool
 
 ANSWER_STYLES = ("boxed", "gsm8k")
 # What `Grader.judge` says of one response; "correct" is the only one that earns reward.
@@ -206,7 +206,7 @@ class Grader:
 
     def equivalent(self, pairs: Sequence[tuple[str, str]]) -> list[str]:
         """Whether each (answer, answer) pair of extracted answers is the same value: one
-        `grading_pool.OUTCOMES` entry per pair ("correct" = equivalent), under the time limit.
+        `pool.OUTCOMES` entry per pair ("correct" = equivalent), under the time limit.
 
         An answer longer than `max_answer_chars` is never compared (as in `grade`): "wrong".
         """

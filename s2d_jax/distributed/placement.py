@@ -1,7 +1,7 @@
 """Where a pipeline stage's arrays live: the mesh of `config.mesh`, and params, train state,
 batches and sampler weights placed on it.
 
-    mesh = placement.build_mesh(placement.parse_mesh(config))    # None on a single device
+    mesh = placement.build_mesh(mesh_cfg)                        # None on a single device
     params = placement.init_params(mesh, cfg, key)                # built on its shards
     state = placement.init_state(mesh, cfg, opt_cfg, params, seed)
     update = placement.jit_update(mesh, step_cfg, cfg, state, teacher_cfg, teacher_params)
@@ -20,20 +20,13 @@ from collections.abc import Sequence
 import jax
 from jax.sharding import Mesh
 
-from s2d_jax import cached_forward, model, train
-from s2d_jax import sharding as sh
-from s2d_jax.experiment import to_dataclass
+from s2d_jax.distributed import sharding as sh
+from s2d_jax.learn import optimizer, steps
+from s2d_jax.model import cached_forward, decoder
 
 # The mesh axes the sampler splits its rows over: a train batch's, so fsdp shards sample other
 # rows instead of repeating the data shards' work.
 SAMPLE_DATA_AXIS = sh.BATCH_AXES
-
-
-def parse_mesh(config) -> sh.MeshConfig | None:
-    """`config.mesh` as a MeshConfig (keys checked); None when the config has no `mesh` key."""
-    if "mesh" not in config:
-        return None  # a config from before meshes: one device, as it always ran
-    return to_dataclass(sh.MeshConfig, config.mesh, "config.mesh")
 
 
 def build_mesh(mesh_cfg: sh.MeshConfig | None, devices: Sequence | None = None) -> Mesh | None:
@@ -49,46 +42,46 @@ def build_mesh(mesh_cfg: sh.MeshConfig | None, devices: Sequence | None = None) 
     return sh.make_mesh(mesh_cfg, devices)
 
 
-def param_shardings(mesh: Mesh | None, cfg: model.ModelConfig, rules=sh.TRAIN_RULES):
+def param_shardings(mesh: Mesh | None, cfg: decoder.ModelConfig, rules=sh.TRAIN_RULES):
     """NamedShardings like the params, or None without a mesh."""
     return None if mesh is None else sh.param_shardings(cfg, mesh, rules)
 
 
-def init_params(mesh: Mesh | None, cfg: model.ModelConfig, key: jax.Array):
-    """`model.init_params`, each shard created on its own device (jit with out_shardings)."""
+def init_params(mesh: Mesh | None, cfg: decoder.ModelConfig, key: jax.Array):
+    """`decoder.init_params`, each shard created on its own device (jit with out_shardings)."""
     if mesh is None:
-        return model.init_params(cfg, key)
+        return decoder.init_params(cfg, key)
     init = jax.jit(
-        functools.partial(model.init_params, cfg), out_shardings=param_shardings(mesh, cfg)
+        functools.partial(decoder.init_params, cfg), out_shardings=param_shardings(mesh, cfg)
     )
     return init(key)
 
 
-def init_state(mesh: Mesh | None, cfg, opt_cfg: train.OptimizerConfig, params, seed: int):
-    """`train.init_train_state`; with a mesh the AdamW moments take their parameter's sharding
+def init_state(mesh: Mesh | None, cfg, opt_cfg: optimizer.OptimizerConfig, params, seed: int):
+    """`steps.init_train_state`; with a mesh the AdamW moments take their parameter's sharding
     and everything else (step, RNG key, counters) is replicated."""
     if mesh is None:
         # Committed to the device, as the step's outputs are: an uncommitted first state would
         # compile the step a second time for the same shapes.
-        state = train.init_train_state(cfg, opt_cfg, params, seed)
+        state = steps.init_train_state(cfg, opt_cfg, params, seed)
         return jax.device_put(state, jax.local_devices()[0])
 
     def init(params):
-        return train.init_train_state(cfg, opt_cfg, params, seed)
+        return steps.init_train_state(cfg, opt_cfg, params, seed)
 
     abstract = jax.eval_shape(init, params)
     shardings = sh.shardings_like_params(
-        abstract, model.abstract_params(cfg), param_shardings(mesh, cfg)
+        abstract, decoder.abstract_params(cfg), param_shardings(mesh, cfg)
     )
     return jax.jit(init, out_shardings=shardings)(params)
 
 
 def jit_update(
     mesh: Mesh | None,
-    step_cfg: train.StepConfig,
-    cfg: model.ModelConfig,
+    step_cfg: steps.StepConfig,
+    cfg: decoder.ModelConfig,
     state,
-    teacher_cfg: model.ModelConfig | None = None,
+    teacher_cfg: decoder.ModelConfig | None = None,
     teacher_params=None,
 ):
     """(state, host batch) -> (state, metrics): the jitted, state-donating train step.
@@ -97,21 +90,21 @@ def jit_update(
     is jitted with the state's, the teacher's and the rows' shardings (one compile per row count)
     and the host batch is put on the mesh by rows.
     """
-    takes_teacher = step_cfg.objective in train.TEACHER_OBJECTIVES
+    takes_teacher = step_cfg.objective in steps.TEACHER_OBJECTIVES
     if mesh is None:
-        step = train.jit_train_step(step_cfg, cfg, teacher_cfg)
+        step = steps.jit_train_step(step_cfg, cfg, teacher_cfg)
         if not takes_teacher:
             return step
         return lambda state, batch: step(state, teacher_params, batch)
 
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     teacher_sharding = jax.tree.map(lambda x: x.sharding, teacher_params) if takes_teacher else None
-    steps = {}
+    compiled = {}
 
     def update(state, batch):
         rows = len(batch["tokens"])
-        if rows not in steps:
-            steps[rows] = train.jit_train_step(
+        if rows not in compiled:
+            compiled[rows] = steps.jit_train_step(
                 step_cfg,
                 cfg,
                 teacher_cfg,
@@ -121,8 +114,8 @@ def jit_update(
             )
         batch = sh.put_rows(batch, mesh)
         if takes_teacher:
-            return steps[rows](state, teacher_params, batch)
-        return steps[rows](state, batch)
+            return compiled[rows](state, teacher_params, batch)
+        return compiled[rows](state, batch)
 
     return update
 
@@ -137,7 +130,7 @@ def to_host(tree):
     return sh.to_host(tree)
 
 
-def sampling_params(mesh: Mesh | None, cfg: model.ModelConfig, params):
+def sampling_params(mesh: Mesh | None, cfg: decoder.ModelConfig, params):
     """Per-layer params in the compute dtype laid out for decoding (`SAMPLE_RULES`: whole over
     fsdp), the form `sampler.generate` decodes with (`cached_forward.unstack_layers`).
     Re-laying out, casting and unstacking in one program leaves one sampling copy of the weights
@@ -149,7 +142,7 @@ def sampling_params(mesh: Mesh | None, cfg: model.ModelConfig, params):
 
 
 @functools.cache
-def _unstack_to_sampling_layout(mesh: Mesh, cfg: model.ModelConfig):
+def _unstack_to_sampling_layout(mesh: Mesh, cfg: decoder.ModelConfig):
     shardings = sh.per_layer_shardings(param_shardings(mesh, cfg, sh.SAMPLE_RULES), cfg.n_layers)
     unstack = functools.partial(cached_forward.unstack_layers, dtype=cfg.compute_dtype)
     return jax.jit(unstack, out_shardings=shardings)

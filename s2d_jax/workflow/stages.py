@@ -21,9 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from s2d_jax import evaluate, losses, placement, rewards, rollouts, sampler, train
-from s2d_jax import sharding as sh
-from s2d_jax.experiment import StageConfig
+from s2d_jax.distributed import placement
+from s2d_jax.distributed import sharding as sh
+from s2d_jax.grading import evaluate, rewards
+from s2d_jax.learn import losses, steps
+from s2d_jax.rollout import sampler
+from s2d_jax.workflow import batches
+from s2d_jax.workflow.config import StageConfig
 
 
 @dataclasses.dataclass
@@ -53,7 +57,7 @@ def num_steps(stage: StageConfig, pool_size: int) -> int:
 
 def batch_indices(ctx, stage: StageConfig, pool_size: int, step: int):
     """Which examples of the pool a step uses: a function of (seed, stage, step) only."""
-    return rollouts.example_indices(pool_size, stage.batch_size, _seed(ctx, stage, 0), step)
+    return batches.example_indices(pool_size, stage.batch_size, _seed(ctx, stage, 0), step)
 
 
 def _sample(ctx, cfg, params, prompts, stage_or_eval, seed, num_samples):
@@ -90,7 +94,7 @@ def _sample(ctx, cfg, params, prompts, stage_or_eval, seed, num_samples):
 def _score(ctx, cfg, params, batch) -> np.ndarray:
     """Log-probs [B, T-1] of a host batch's tokens under frozen `params` (rows over the mesh)."""
     tokens, mask = placement.put_rows(ctx.mesh, (batch["tokens"], batch["attention_mask"]))
-    return placement.to_host(train.score_tokens(cfg, params, tokens, mask))
+    return placement.to_host(steps.score_tokens(cfg, params, tokens, mask))
 
 
 def grade_own_rows(grader, texts: list[str], references: list[str], answer_style: str):
@@ -118,7 +122,7 @@ def sft_batches(ctx, stage, policy, teacher):
     def make_batch(params, step):
         idx = batch_indices(ctx, stage, len(pool), step)
         pairs = [ctx.task.demonstration_ids(pool[i]) for i in idx]
-        batch = rollouts.pad_sequences([p for p, _ in pairs], [t for _, t in pairs], ctx.pad_id)
+        batch = batches.pad_sequences([p for p, _ in pairs], [t for _, t in pairs], ctx.pad_id)
         return batch, {}
 
     return make_batch, num_steps(stage, len(pool))
@@ -138,7 +142,7 @@ def grpo_batches(ctx, stage, policy, teacher):
         idx = batch_indices(ctx, stage, len(pool), step)
         prompts = [ctx.task.prompt_ids(pool[i]) for i in idx]
         rollout, stats = _sample(ctx, cfg, params, prompts, sampling, seed + step + 1, G)
-        texts = rollouts.completion_texts(rollout, ctx.task.tokenizer)
+        texts = batches.completion_texts(rollout, ctx.task.tokenizer)
         references = [pool[i]["answer"] for i in idx for _ in range(G)]
         rewards_B, reward_stats = grade_own_rows(ctx.grader, texts, references, answer_style)
         truncated_B = np.asarray(rollout.truncated)
@@ -148,7 +152,7 @@ def grpo_batches(ctx, stage, policy, teacher):
         )
         answered_B &= ~truncated_B
         rewards_B = np.maximum(correct_B, stage.grpo.format_reward * answered_B)
-        batch = rollouts.rollout_batch(rollout)
+        batch = batches.rollout_batch(rollout)
         batch["advantages"] = np.asarray(
             losses.group_advantages(
                 jnp.asarray(rewards_B), G, normalize_std=stage.grpo.normalize_std
@@ -212,7 +216,7 @@ def forward_kl_batches(ctx, stage, policy, teacher, stage_dir):
 
     def make_batch(params, step):
         idx = batch_indices(ctx, stage, n, step)
-        batch = rollouts.pad_sequences(
+        batch = batches.pad_sequences(
             [data["prompts"][i] for i in idx], [data["completions"][i] for i in idx], ctx.pad_id
         )
         return batch, {}
@@ -231,7 +235,7 @@ def on_policy_kl_batches(ctx, stage, policy, teacher):
         rollout, stats = _sample(
             ctx, cfg, params, prompts, stage.sampling, seed + step + 1, stage.samples_per_prompt
         )
-        batch = rollouts.rollout_batch(rollout)
+        batch = batches.rollout_batch(rollout)
         if stage.sampling.temperature != 1.0:
             batch["old_logprobs"] = _score(ctx, cfg, params, batch)
         return batch, stats
@@ -255,7 +259,7 @@ def evaluate_policy(ctx, cfg, params, out_dir: Path | None, tag: str) -> dict:
             chunk = pool[start : start + e.batch_size]
             prompts = [ctx.task.prompt_ids(ex) for ex in chunk]
             rollout, _ = _sample(ctx, cfg, params, prompts, e, ctx.seed + 7919 + start, e.samples)
-            texts = rollouts.completion_texts(rollout, ctx.task.tokenizer)
+            texts = batches.completion_texts(rollout, ctx.task.tokenizer)
             completions += [texts[i : i + e.samples] for i in range(0, len(texts), e.samples)]
             lengths.append(np.asarray(rollout.lengths))
             truncated.append(np.asarray(rollout.truncated))

@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from s2d_jax.train import OptimizerConfig
+from s2d_jax.data.datasets import SPLITS as DATASET_SPLITS
+from s2d_jax.data.task import TaskConfig
+from s2d_jax.distributed.sharding import MeshConfig
+from s2d_jax.learn.optimizer import OptimizerConfig
 
 KINDS = ("sft", "grpo", "forward_kl", "on_policy_kl", "eval")
 DISTILL_LOSSES = {
@@ -287,3 +290,27 @@ def parse_eval(config) -> EvalConfig:
     data = config.eval.to_dict()
     data["splits"] = tuple(s for s in str(data.get("splits", "")).split(",") if s)
     return to_dataclass(EvalConfig, data, "config.eval")
+
+
+def parse_task(config) -> TaskConfig:
+    task = to_dataclass(TaskConfig, config.task, "config.task")
+    if task.name not in DATASET_SPLITS:
+        raise ValueError(f"config.task.name = {task.name!r}; known: {sorted(DATASET_SPLITS)}")
+    if task.train_columns and not task.train_path:
+        raise ValueError(
+            f"config.task.train_path is required (train_columns={task.train_columns!r}): the local "
+            "path of the training file, e.g. DAPO-Math-17K as parquet or JSONL"
+        )
+    if task.train_path and not Path(task.train_path).exists():
+        raise FileNotFoundError(
+            f"config.task.train_path = {task.train_path!r} does not exist: give a local JSONL or "
+            "parquet file with problem and answer columns (e.g. DAPO-Math-17K)"
+        )
+    return task
+
+
+def parse_mesh(config) -> MeshConfig | None:
+    """`config.mesh` as a MeshConfig (keys checked); None when the config has no `mesh` key."""
+    if "mesh" not in config:
+        return None  # a config from before meshes: one device, as it always ran
+    return to_dataclass(MeshConfig, config.mesh, "config.mesh")

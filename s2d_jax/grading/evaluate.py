@@ -25,7 +25,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
-from s2d_jax import rewards
+from s2d_jax.grading import rewards
 
 
 def _check_correct(correct) -> np.ndarray:

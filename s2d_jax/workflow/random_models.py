@@ -22,9 +22,9 @@ from pathlib import Path
 import jax
 from jax.experimental import multihost_utils
 
-from s2d_jax import hf_io, model
 from s2d_jax.data import builders, prompts, tokenizers
-from s2d_jax.experiment import ModelSpec
+from s2d_jax.model import decoder, hf_io
+from s2d_jax.workflow.config import ModelSpec
 
 # The tokenizer learns its merges from the shipped MATH train problems and the answer instruction
 # (weighted like the problems together: every prompt ends with it), so a math prompt takes tens of
@@ -43,7 +43,7 @@ def materialize(models: dict[str, ModelSpec], workdir: Path, seed: int) -> dict[
     if jax.process_index() == 0:
         tokenizer_dir = _write_once(root / "tokenizer", write_tokenizer)
         for role in roles:
-            cfg = model.ModelConfig.preset(models[role].preset)
+            cfg = decoder.ModelConfig.preset(models[role].preset)
             key = init_key(seed, role)
             write = functools.partial(
                 _write_checkpoint, cfg=cfg, key=key, tokenizer_dir=tokenizer_dir
@@ -81,7 +81,7 @@ def write_tokenizer(out: Path) -> None:
     tokenizers.train_chat_tokenizer(str(out), texts, vocab_size=TOKENIZER_VOCAB)
 
 
-def _write_checkpoint(out: Path, cfg: model.ModelConfig, key, tokenizer_dir: Path) -> None:
+def _write_checkpoint(out: Path, cfg: decoder.ModelConfig, key, tokenizer_dir: Path) -> None:
     tok = tokenizers.load_tokenizer(str(tokenizer_dir))
     if tok.vocab_size > cfg.vocab_size:
         raise ValueError(
@@ -90,7 +90,7 @@ def _write_checkpoint(out: Path, cfg: model.ModelConfig, key, tokenizer_dir: Pat
     hf_io.save_hf(
         out,
         cfg,
-        jax.jit(model.init_params, static_argnums=0)(cfg, key),  # one compile, not one a shape
+        jax.jit(decoder.init_params, static_argnums=0)(cfg, key),  # one compile, not one a shape
         eos_token_id=list(tok.eos_ids),
         pad_token_id=tok.pad_id,
     )

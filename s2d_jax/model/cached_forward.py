@@ -1,11 +1,11 @@
 """The decoder's forward pass over a KV cache: the one cached path (sampler, fit tool, tests).
 
-`model.forward` is the training path (layers scanned, rematerialised). This one keeps one
+`decoder.forward` is the training path (layers scanned, rematerialised). This one keeps one
 [B, K, S, Dh] buffer per layer, written one slot at a time, and unrolls the layers: each layer
 then writes and reads its own buffer in place, where scanning a stacked [L, ...] cache rebuilt
 the whole cache every step (100-160 ms a step on a CPU instead of ~40). The block's arithmetic is
 model.py's (`attention_inputs`, `attention`, `attention_output_and_mlp`); tests/test_sampler.py
-checks tokens against transformers and log-probs against `model.forward`.
+checks tokens against transformers and log-probs against `decoder.forward`.
 
     cache = init_cache(cfg, batch, slots)
     hidden_BTD, cache = forward_cached(cfg, params, tokens_BT, positions_BT, cache, 0, kv_mask_BS)
@@ -16,13 +16,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from s2d_jax import model
+from s2d_jax.model import decoder
 
 # Logical axes of a cache leaf [B, K, S, Dh] (see sharding.py's rules tables).
 CACHE_LEAF_AXES = ("act_batch", "act_kv_heads", "act_len", "head_dim")
 
 
-def init_cache(cfg: model.ModelConfig, batch: int, length: int) -> tuple[dict, ...]:
+def init_cache(cfg: decoder.ModelConfig, batch: int, length: int) -> tuple[dict, ...]:
     """Zeroed KV cache: per layer {"k", "v"} of [B, K, S, Dh], in the compute dtype.
 
     One buffer per layer (not a stacked [L, ...] array), so that a decode step writes each
@@ -37,7 +37,7 @@ def init_cache(cfg: model.ModelConfig, batch: int, length: int) -> tuple[dict, .
     )
 
 
-def cache_axes(cfg: model.ModelConfig) -> tuple[dict, ...]:
+def cache_axes(cfg: decoder.ModelConfig) -> tuple[dict, ...]:
     """The tree of `init_cache` with each leaf replaced by its logical axis names."""
     return tuple({"k": CACHE_LEAF_AXES, "v": CACHE_LEAF_AXES} for _ in range(cfg.n_layers))
 
@@ -65,7 +65,7 @@ def _block(cfg, x_BTD, p, positions_BT, inv_freq, kv, slot, visible_BTS, read_le
     """One decoder block writing its K/V at `slot` of its cache `kv`, then attending over the
     first `read_length` slots of it."""
     dt = x_BTD.dtype
-    q, k, v = model.attention_inputs(cfg, x_BTD, p, positions_BT, inv_freq)
+    q, k, v = decoder.attention_inputs(cfg, x_BTD, p, positions_BT, inv_freq)
     kv = {
         name: jax.lax.dynamic_update_slice(
             kv[name], new.transpose(0, 2, 1, 3).astype(kv[name].dtype), (0, 0, slot, 0)
@@ -73,12 +73,12 @@ def _block(cfg, x_BTD, p, positions_BT, inv_freq, kv, slot, visible_BTS, read_le
         for name, new in (("k", k), ("v", v))
     }
     k, v = (kv[name][:, :, :read_length].astype(dt) for name in ("k", "v"))
-    attn = model.attention(q, k, v, visible_BTS[:, :, :read_length], kv_axes="bksd")
-    return model.attention_output_and_mlp(cfg, x_BTD, attn, p), kv
+    attn = decoder.attention(q, k, v, visible_BTS[:, :, :read_length], kv_axes="bksd")
+    return decoder.attention_output_and_mlp(cfg, x_BTD, attn, p), kv
 
 
 def forward_cached(
-    cfg: model.ModelConfig,
+    cfg: decoder.ModelConfig,
     params,
     tokens,
     positions,
@@ -107,11 +107,11 @@ def forward_cached(
     read_length = S if read_length is None else read_length
     visible_TS = jnp.arange(S)[None, :] <= slot + jnp.arange(T)[:, None]
     visible_BTS = visible_TS[None] & kv_mask[:, None, :]
-    inv_freq = model.rope_frequencies(cfg)
+    inv_freq = decoder.rope_frequencies(cfg)
     x = params["embed"].astype(jnp.dtype(cfg.compute_dtype))[tokens]
     layers, new_cache = params["layers"], []
     for i, kv in enumerate(cache):
         p = layers[i] if isinstance(layers, tuple) else jax.tree.map(lambda w, i=i: w[i], layers)
         x, kv = _block(cfg, x, p, positions, inv_freq, kv, slot, visible_BTS, read_length)
         new_cache.append(kv)
-    return model.rms_norm(x, params["final_norm"], cfg.norm_eps), tuple(new_cache)
+    return decoder.rms_norm(x, params["final_norm"], cfg.norm_eps), tuple(new_cache)

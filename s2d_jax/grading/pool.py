@@ -4,7 +4,7 @@ Why processes, and why these: math-verify's timeout is `signal.alarm`, which fai
 thread, and a pathological answer (`9^{9^{9^{9}}}`) can hang sympy in C code where no in-process
 timeout reaches. So each comparison runs in a child process and the parent kills and replaces a
 child that overruns. The children are plain `subprocess` children running
-`s2d_jax/grading_worker.py` over JSON lines: unlike `multiprocessing`, this works from any thread,
+`s2d_jax/grading/worker.py` over JSON lines: unlike `multiprocessing`, this works from any thread,
 from inside daemonic worker processes (which `multiprocessing` forbids to have children), does not
 re-import the caller's `__main__`, and never imports jax into the workers.
 
@@ -23,7 +23,7 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 
-_WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grading_worker.py")
+_WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 OUTCOMES = ("correct", "wrong", "timeout", "error")
 
 

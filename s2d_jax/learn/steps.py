@@ -29,82 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from s2d_jax import kl_chunked, losses, model
+from s2d_jax.learn import kl_chunked, losses, optimizer
+from s2d_jax.model import decoder
 
 OBJECTIVES = ("grpo", "forward_kl", "forward_kl_hard", "reverse_kl", "sampled_reverse_kl", "sft")
 TEACHER_OBJECTIVES = ("forward_kl", "reverse_kl", "sampled_reverse_kl")
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    """AdamW with global-norm clipping; lr constant or cosine to 0, after a linear warmup."""
-
-    lr: float = 1e-6
-    schedule: str = "constant"  # "constant" | "cosine"
-    warmup_steps: int = 0
-    total_steps: int = 0  # cosine decays to 0 at total_steps
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.1  # on every parameter, as torch AdamW in verl
-    grad_clip: float = 1.0  # 0: no clipping
-
-    def __post_init__(self):
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(
-                f"OptimizerConfig.schedule must be 'constant' or 'cosine', got {self.schedule!r}"
-            )
-        if self.warmup_steps < 0 or self.grad_clip < 0:
-            raise ValueError("OptimizerConfig: warmup_steps and grad_clip must be >= 0")
-
-
-def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
-    """Learning rate as a function of the number of applied updates.
-
-    (total_steps may be left 0 in a config and filled in when the stage's length is known, so
-    the cosine check is here rather than in OptimizerConfig.)
-    """
-    if cfg.schedule == "cosine":
-        if cfg.total_steps <= cfg.warmup_steps:
-            raise ValueError(
-                f"OptimizerConfig: cosine needs total_steps ({cfg.total_steps}) > warmup_steps "
-                f"({cfg.warmup_steps})"
-            )
-        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, cfg.total_steps)
-    if cfg.warmup_steps:
-        warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
-        return optax.join_schedules([warmup, optax.constant_schedule(cfg.lr)], [cfg.warmup_steps])
-    return optax.constant_schedule(cfg.lr)
-
-
-# Master weights, AdamW moments and optimizer hyperparameters of a trained model: in bfloat16,
-# b2 = 0.999 rounds to 1.0 (Adam's bias correction divides by 0) and an lr-1e-6 step is below half
-# a unit in the last place of most weights, so it is never applied.
-MASTER_DTYPE = jnp.float32
-
-
-def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
-    """clip_by_global_norm -> AdamW; the learning rate is kept in the state (see `learning_rate`).
-
-    Hyperparameters and first moments are float32 whatever the params' dtype (optax would store
-    them in the params' dtype); the second moments follow the float32 masters."""
-    clip = optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip else optax.identity()
-    adamw = optax.inject_hyperparams(
-        optax.adamw, static_args=("mu_dtype",), hyperparam_dtype=MASTER_DTYPE
-    )(
-        learning_rate=learning_rate_schedule(cfg),
-        b1=cfg.b1,
-        b2=cfg.b2,
-        eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-        mu_dtype=MASTER_DTYPE,
-    )
-    return optax.chain(clip, adamw)
-
-
-def learning_rate(opt_state) -> jax.Array:
-    """The learning rate of the last applied update (of the first, before any)."""
-    return opt_state[1].hyperparams["learning_rate"]
 
 
 @flax.struct.dataclass
@@ -116,22 +45,24 @@ class TrainState:
 
 
 def init_train_state(
-    model_cfg: model.ModelConfig, opt_cfg: OptimizerConfig, params, rng: jax.Array | int
+    model_cfg: decoder.ModelConfig, opt_cfg: optimizer.OptimizerConfig, params, rng: jax.Array | int
 ) -> TrainState:
     """A fresh state whose params are float32 master copies of `params` (any float dtype).
 
     The copy matters even in float32: the steps donate the state, and the caller's arrays (e.g.
     the same params serving as the GRPO reference) must stay valid."""
-    want = jax.tree.map(lambda x: x.shape, model.abstract_params(model_cfg))
+    want = jax.tree.map(lambda x: x.shape, decoder.abstract_params(model_cfg))
     got = jax.tree.map(lambda x: x.shape, params)
     if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
         raise ValueError(
             "init_train_state: params do not match the ModelConfig (shapes of "
-            "model.abstract_params(model_cfg)); was the right checkpoint loaded?"
+            "decoder.abstract_params(model_cfg)); was the right checkpoint loaded?"
         )
     key = jax.random.key(int(rng)) if isinstance(rng, int | np.integer) else rng
-    masters = jax.tree.map(lambda x: jnp.array(x, dtype=MASTER_DTYPE, copy=True), params)
-    return TrainState(masters, make_optimizer(opt_cfg).init(masters), jnp.zeros((), jnp.int32), key)
+    masters = jax.tree.map(lambda x: jnp.array(x, dtype=optimizer.MASTER_DTYPE, copy=True), params)
+    return TrainState(
+        masters, optimizer.make_optimizer(opt_cfg).init(masters), jnp.zeros((), jnp.int32), key
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +70,7 @@ class StepConfig:
     """What one update optimises. Hashable: a static argument of the jitted step."""
 
     objective: str  # one of OBJECTIVES
-    optimizer: OptimizerConfig = OptimizerConfig()
+    optimizer: optimizer.OptimizerConfig = optimizer.OptimizerConfig()
     micro_batches: int = 1  # gradient accumulation: B is split into this many equal parts
     chunk_size: int = 512  # tokens per chunk of the full-vocabulary terms
     vocab_chunk: int | None = 8192  # vocabulary slice of their backward pass (None: whole)
@@ -177,8 +108,8 @@ class StepConfig:
 
 def _hidden(model_cfg, params, batch):
     """Hidden states [B, T-1, D] that score targets [B, T-1], and the unembedding [D, V]."""
-    hidden = model.forward_hidden(model_cfg, params, batch["tokens"], batch["attention_mask"])
-    return hidden[:, :-1], model.unembedding(model_cfg, params)
+    hidden = decoder.forward_hidden(model_cfg, params, batch["tokens"], batch["attention_mask"])
+    return hidden[:, :-1], decoder.unembedding(model_cfg, params)
 
 
 def _chunks(cfg: StepConfig) -> dict:
@@ -299,7 +230,9 @@ def _update(state: TrainState, teacher_params, batch, cfg, model_cfg, teacher_cf
         state.params, teacher_params, batch, cfg, model_cfg, teacher_cfg
     )
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = make_optimizer(cfg.optimizer).update(grads, state.opt_state, state.params)
+    updates, opt_state = optimizer.make_optimizer(cfg.optimizer).update(
+        grads, state.opt_state, state.params
+    )
     params = optax.apply_updates(state.params, updates)
     # The change as applied (rounded into the masters), not as the optimizer proposed it. A finite
     # norm of new - old (old finite) also says every new parameter is finite.
@@ -324,7 +257,7 @@ def _update(state: TrainState, teacher_params, batch, cfg, model_cfg, teacher_cf
         "train/param_norm": optax.global_norm(new_state.params),
         "train/nonfinite_update": 1.0 - update_ok.astype(jnp.float32),
         "train/skipped": 1.0 - ok.astype(jnp.float32),
-        "train/lr": learning_rate(new_state.opt_state),
+        "train/lr": optimizer.learning_rate(new_state.opt_state),
     }
     return new_state, metrics
 
@@ -335,7 +268,7 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def train_step(state: TrainState, batch: dict, *, cfg: StepConfig, model_cfg: model.ModelConfig):
+def train_step(state: TrainState, batch: dict, *, cfg: StepConfig, model_cfg: decoder.ModelConfig):
     """One update of an objective that needs no teacher model (grpo, sft, forward_kl_hard)."""
     if cfg.objective in TEACHER_OBJECTIVES:
         raise ValueError(f"objective {cfg.objective!r} needs the teacher: use distill_step")
@@ -348,8 +281,8 @@ def distill_step(
     batch: dict,
     *,
     cfg: StepConfig,
-    model_cfg: model.ModelConfig,
-    teacher_cfg: model.ModelConfig,
+    model_cfg: decoder.ModelConfig,
+    teacher_cfg: decoder.ModelConfig,
 ):
     """One update of forward_kl / reverse_kl / sampled_reverse_kl against the frozen teacher."""
     if cfg.objective not in TEACHER_OBJECTIVES:
@@ -364,8 +297,8 @@ def distill_step(
 
 def jit_train_step(
     cfg: StepConfig,
-    model_cfg: model.ModelConfig,
-    teacher_cfg: model.ModelConfig | None = None,
+    model_cfg: decoder.ModelConfig,
+    teacher_cfg: decoder.ModelConfig | None = None,
     *,
     state_sharding=None,
     batch_sharding=None,
@@ -401,7 +334,9 @@ def jit_train_step(
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "chunk_size"))
-def score_tokens(cfg: model.ModelConfig, params, tokens, attention_mask, *, chunk_size: int = 512):
+def score_tokens(
+    cfg: decoder.ModelConfig, params, tokens, attention_mask, *, chunk_size: int = 512
+):
     """Log-prob [B, T-1] float32 of tokens[:, 1:] under a frozen model; tokens/mask [B, T].
 
     No gradient; runs where params and tokens live (sharded inputs give a sharded computation).
@@ -413,9 +348,9 @@ def score_tokens(cfg: model.ModelConfig, params, tokens, attention_mask, *, chun
 
 @functools.partial(jax.jit, static_argnames=("student_cfg", "teacher_cfg", "chunk_size"))
 def score_kl(
-    student_cfg: model.ModelConfig,
+    student_cfg: decoder.ModelConfig,
     student_params,
-    teacher_cfg: model.ModelConfig,
+    teacher_cfg: decoder.ModelConfig,
     teacher_params,
     tokens,
     attention_mask,

@@ -18,7 +18,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from s2d_jax import model
+from s2d_jax.model import decoder
 
 _LAYER_PREFIX = "model.layers.{}."
 # ours -> (HF suffix within a layer, how the HF 2-D/1-D tensor maps to our layout)
@@ -170,7 +170,7 @@ def load_hf(path: str | Path, dtype=jnp.float32, shardings=None, **config_overri
     """
     path = Path(path)
     dtype_name = jnp.dtype(dtype).name
-    cfg = model.ModelConfig.from_hf_config(
+    cfg = decoder.ModelConfig.from_hf_config(
         read_hf_config(path), param_dtype=dtype_name, compute_dtype=dtype_name, **config_overrides
     )
     files = _tensor_files(path)
@@ -194,7 +194,7 @@ def load_hf(path: str | Path, dtype=jnp.float32, shardings=None, **config_overri
     def place(array: np.ndarray, sharding):
         return jax.device_put(array, sharding) if sharding is not None else jnp.asarray(array)
 
-    shapes = model.param_shapes(cfg)
+    shapes = decoder.param_shapes(cfg)
     params: dict = {"layers": {}}
     for ours, (shape, _) in shapes["layers"].items():
         hf_suffix, how = _LAYER_TENSORS[ours]
@@ -218,7 +218,7 @@ def load_hf(path: str | Path, dtype=jnp.float32, shardings=None, **config_overri
     return cfg, params
 
 
-def hf_config_dict(cfg: model.ModelConfig, **extra) -> dict:
+def hf_config_dict(cfg: decoder.ModelConfig, **extra) -> dict:
     """A config.json dict in the layout of the published checkpoints (rope_theta at top level)."""
     config = {
         "architectures": ["Qwen3ForCausalLM" if cfg.family == "qwen3" else "LlamaForCausalLM"],
@@ -256,7 +256,11 @@ def hf_config_dict(cfg: model.ModelConfig, **extra) -> dict:
 
 
 def save_hf(
-    path: str | Path, cfg: model.ModelConfig, params, max_shard_bytes: int = 4 << 30, **config_extra
+    path: str | Path,
+    cfg: decoder.ModelConfig,
+    params,
+    max_shard_bytes: int = 4 << 30,
+    **config_extra,
 ):
     """Write config.json and safetensors (sharded above `max_shard_bytes`) loadable by transformers.
 
@@ -266,7 +270,7 @@ def save_hf(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, np.ndarray] = {}
-    shapes = model.param_shapes(cfg)
+    shapes = decoder.param_shapes(cfg)
     for ours in shapes["layers"]:
         hf_suffix, how = _LAYER_TENSORS[ours]
         stacked = np.asarray(jax.device_get(params["layers"][ours]))

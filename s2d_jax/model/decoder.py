@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from s2d_jax.model_presets import PRESETS
+from s2d_jax.model.presets import PRESETS
 
 Params = dict[str, Any]
 

@@ -1,12 +1,12 @@
 """Device mesh, logical-axis rules, and the helpers that place params, optimizer state and batches.
 
-The model names the axes of every array (`model.param_axes`, `cached_forward.cache_axes`); a rules table
+The model names the axes of every array (`decoder.param_axes`, `cached_forward.cache_axes`); a rules table
 maps those logical names to the mesh axes `data`, `fsdp` and `tensor`. Training and sampling use
 different tables (sampling keeps whole weights on each FSDP shard: no all-gather per token).
 
     mesh = make_mesh(MeshConfig(data=1, fsdp=-1, tensor=1))       # -1: the rest of the devices
     shardings = param_shardings(cfg, mesh, TRAIN_RULES)
-    params, _ = init_sharded(lambda k: model.init_params(cfg, k), lambda _: shardings, key)
+    params, _ = init_sharded(lambda k: decoder.init_params(cfg, k), lambda _: shardings, key)
     cfg, params = load_hf_sharded("/ckpt/Qwen3-8B", mesh, TRAIN_RULES)   # placed as it is read
     tokens = jax.device_put(tokens_BT, batch_sharding(mesh))            # rows over data x fsdp
 """
@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as Spec
 
-from s2d_jax import hf_io, model
+from s2d_jax.model import decoder, hf_io
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # rows of a batch are split over both: FSDP is data parallelism too
@@ -153,16 +153,16 @@ def logical_to_spec(
     return Spec(*entries)
 
 
-def param_specs(cfg: model.ModelConfig, mesh: Mesh, rules: Rules) -> dict[str, Any]:
+def param_specs(cfg: decoder.ModelConfig, mesh: Mesh, rules: Rules) -> dict[str, Any]:
     """A tree like the params of PartitionSpecs (divisibility checked against the real shapes)."""
     return jax.tree.map(
         lambda leaf: logical_to_spec(leaf[1], rules, mesh, leaf[0]),
-        model.param_shapes(cfg),
+        decoder.param_shapes(cfg),
         is_leaf=_is_shape_axes,
     )
 
 
-def param_shardings(cfg: model.ModelConfig, mesh: Mesh, rules: Rules) -> dict[str, Any]:
+def param_shardings(cfg: decoder.ModelConfig, mesh: Mesh, rules: Rules) -> dict[str, Any]:
     """A tree like the params of NamedShardings on `mesh` under `rules`."""
     specs = param_specs(cfg, mesh, rules)
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec)
@@ -179,11 +179,13 @@ def per_layer_shardings(shardings: dict[str, Any], n_layers: int) -> dict[str, A
 
 
 def cache_shardings(
-    cfg: model.ModelConfig, mesh: Mesh, rules: Rules, batch: int, max_len: int
+    cfg: decoder.ModelConfig, mesh: Mesh, rules: Rules, batch: int, max_len: int
 ) -> tuple[dict[str, Any], ...]:
     """Shardings of `cached_forward.init_cache(cfg, batch, max_len)`: per layer, [B, K, S, Dh]
     leaves named by `cached_forward.cache_axes`."""
-    from s2d_jax import cached_forward  # it imports model; this module's users need not load it
+    from s2d_jax.model import (
+        cached_forward,  # it imports model; this module's users need not load it
+    )
 
     shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
     return jax.tree.map(
@@ -323,7 +325,7 @@ def shardings_like_params(abstract_tree, abstract_params, param_shardings_tree):
 
 def load_hf_sharded(path, mesh: Mesh, rules: Rules, dtype="float32", **config_overrides):
     """`hf_io.load_hf` with every tensor placed on its shard as it is read: (cfg, params)."""
-    cfg = model.ModelConfig.from_hf_config(hf_io.read_hf_config(path), **config_overrides)
+    cfg = decoder.ModelConfig.from_hf_config(hf_io.read_hf_config(path), **config_overrides)
     shardings = param_shardings(cfg, mesh, rules)
     return hf_io.load_hf(path, dtype=dtype, shardings=shardings, **config_overrides)
 

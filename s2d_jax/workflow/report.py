@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from s2d_jax import metrics
+from s2d_jax.workflow import metrics
 
 CURVES = (
     ("grpo/reward", "reward"),

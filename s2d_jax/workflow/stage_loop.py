@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import tqdm
 
-from s2d_jax import checkpoints, metrics
+from s2d_jax.workflow import checkpoints, metrics
 
 
 def run_loop(

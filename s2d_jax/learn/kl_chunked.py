@@ -28,7 +28,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from s2d_jax import losses
+from s2d_jax.learn import losses
 
 F32 = jnp.float32
 GRAD_MODES = ("logprob", "forward", "reverse")

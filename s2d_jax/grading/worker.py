@@ -1,6 +1,6 @@
 """The grading worker: a child process that compares answers with math-verify.
 
-`s2d_jax.grading_pool` runs this file as a script (`python grading_worker.py --cpu-limit-s ...`),
+`s2d_jax.grading.pool` runs this file as a script (`python worker.py --cpu-limit-s ...`),
 never through the package, so a worker imports only the standard library, sympy and math-verify.
 Protocol, one JSON object per line: the parent writes `{"id": 3, "pred": "...", "gold": "..."}` on
 stdin; the worker answers `{"ready": true}` once after start-up, then

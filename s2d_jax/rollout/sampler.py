@@ -27,9 +27,9 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as Spec
 
-from s2d_jax import model
-from s2d_jax.cached_forward import forward_cached, init_cache, unstack_layers
-from s2d_jax.token_selection import sample_tokens
+from s2d_jax.model import decoder
+from s2d_jax.model.cached_forward import forward_cached, init_cache, unstack_layers
+from s2d_jax.rollout.token_selection import sample_tokens
 
 MIN_BUCKET = 16
 DataAxis = str | tuple[str, ...]  # one mesh axis, or several that rows are split over together
@@ -58,7 +58,7 @@ class Rollout:
 
     @property
     def attention_mask(self) -> jax.Array:
-        """[B, P+N] bool: real tokens of the whole sequence (what `model.forward` takes)."""
+        """[B, P+N] bool: real tokens of the whole sequence (what `decoder.forward` takes)."""
         return jnp.concatenate([self.prompt_mask, self.completion_mask], axis=1)
 
 
@@ -107,7 +107,7 @@ def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
     return three_quarters if three_quarters >= max(n, minimum) else power
 
 
-def cache_bytes(cfg: model.ModelConfig, batch: int, length: int) -> int:
+def cache_bytes(cfg: decoder.ModelConfig, batch: int, length: int) -> int:
     """Bytes of the K and V caches (`init_cache`) for `batch` rows of `length` slots."""
     itemsize = jnp.dtype(cfg.compute_dtype).itemsize
     return 2 * cfg.n_layers * batch * length * cfg.n_kv_heads * cfg.head_dim * itemsize
@@ -146,7 +146,7 @@ def _prefill_arrays(
     B, P = prompt_BP.shape
     S = P + gen_bucket
     kv_mask_BS = jnp.concatenate([prompt_mask_BP, jnp.ones((B, gen_bucket), bool)], axis=1)
-    positions_BP = model.positions_from_mask(prompt_mask_BP)
+    positions_BP = decoder.positions_from_mask(prompt_mask_BP)
     cache = init_cache(cfg, B, S)
     cache = jax.tree.map(lambda c: _constrain(c, mesh, data_axis), cache)
     # The prompt's attention reads only the P prompt slots, not the S - P completion slots.
@@ -183,7 +183,7 @@ def _decode_step(state: SamplerState, params, cfg) -> SamplerState:
         state.prompt.shape[1] - 1 + state.step,
         state.kv_mask,
     )
-    logits_BV = model.logits_from_hidden(cfg, params, hidden_B1D[:, 0])
+    logits_BV = decoder.logits_from_hidden(cfg, params, hidden_B1D[:, 0])
     keys_B = jax.vmap(jax.random.fold_in, (0, None))(state.row_keys, state.step)
     settings = state.settings
     token_B, logprob_B = sample_tokens(
@@ -212,7 +212,7 @@ def _decode_step(state: SamplerState, params, cfg) -> SamplerState:
     )
 
 
-def decode_loop(state: SamplerState, params, cfg: model.ModelConfig) -> SamplerState:
+def decode_loop(state: SamplerState, params, cfg: decoder.ModelConfig) -> SamplerState:
     """Decode until every row is done or max_new_tokens steps ran (one `lax.while_loop`)."""
 
     def running(s):
@@ -317,7 +317,7 @@ def _left_pad(prompts, width: int, pad_id: int):
 
 
 def prefill(
-    cfg: model.ModelConfig,
+    cfg: decoder.ModelConfig,
     params,
     prompts: Sequence[Sequence[int]],
     settings: Settings,
@@ -365,7 +365,7 @@ def prefill(
 
 
 def generate(
-    cfg: model.ModelConfig,
+    cfg: decoder.ModelConfig,
     params,
     prompts: Sequence[Sequence[int]],
     *,
@@ -416,7 +416,7 @@ def generate(
     return _to_rollout_jit(state, len(prompts) * num_samples, max_new_tokens)
 
 
-def decode(cfg: model.ModelConfig, params, state: SamplerState) -> SamplerState:
+def decode(cfg: decoder.ModelConfig, params, state: SamplerState) -> SamplerState:
     """Run the jitted decode loop on a state from `prefill`; the state's buffers are donated.
 
     `params` as given to `prefill`.

@@ -20,21 +20,28 @@ from pathlib import Path
 import jax
 from jax.experimental import multihost_utils
 
-from s2d_jax import (
+from s2d_jax.data.task import Task, TaskConfig, build_tokenizer, resolve_pool
+from s2d_jax.distributed import placement
+from s2d_jax.grading import evaluate, rewards
+from s2d_jax.learn import steps
+from s2d_jax.model import decoder, hf_io
+from s2d_jax.workflow import (
     checkpoints,
-    evaluate,
-    experiment,
-    hf_io,
-    model,
-    placement,
     random_models,
     report,
-    rewards,
     run_lock,
     stage_loop,
     stages,
-    tasks,
-    train,
+)
+from s2d_jax.workflow.config import (
+    EvalConfig,
+    ModelSpec,
+    StageConfig,
+    parse_eval,
+    parse_mesh,
+    parse_models,
+    parse_stages,
+    parse_task,
 )
 
 STAGES = {
@@ -52,9 +59,9 @@ class Context:
 
     workdir: Path
     seed: int
-    task: tasks.Task
+    task: Task
     models: dict
-    eval_cfg: experiment.EvalConfig
+    eval_cfg: EvalConfig
     grader: rewards.Grader
     nan_policy: str
     mesh: jax.sharding.Mesh | None = None  # None: one device, nothing sharded
@@ -70,18 +77,18 @@ class Plan:
 
     models: dict
     stages: list
-    eval_cfg: experiment.EvalConfig
-    task_cfg: tasks.TaskConfig
+    eval_cfg: EvalConfig
+    task_cfg: TaskConfig
     mesh_cfg: object  # sharding.MeshConfig, or None when the config has no `mesh`
 
 
 def validate(config) -> Plan:
     """Check every key, reference and path of a config; no file is written, nothing is computed."""
-    models = experiment.parse_models(config)
-    stage_cfgs = experiment.parse_stages(config, models)
-    eval_cfg = experiment.parse_eval(config)
-    task_cfg = tasks.parse_task(config)
-    mesh_cfg = placement.parse_mesh(config)
+    models = parse_models(config)
+    stage_cfgs = parse_stages(config, models)
+    eval_cfg = parse_eval(config)
+    task_cfg = parse_task(config)
+    mesh_cfg = parse_mesh(config)
     for spec in models.values():
         if spec.hf_path:
             model_config(spec, vocab_size=None)  # reads config.json, checks the preset's dims
@@ -90,7 +97,7 @@ def validate(config) -> Plan:
     pools = [(f"config.stages.{s.name}.data", s.data) for s in stage_cfgs if s.kind != "eval"]
     for where, name in pools + [("config.eval.splits", split) for split in eval_cfg.splits]:
         try:
-            tasks.resolve_pool(task_cfg, name)
+            resolve_pool(task_cfg, name)
         except KeyError as error:
             raise KeyError(f"{where}: {error.args[0]}") from None
     if config.export_hf and config.export_hf not in [s.name for s in stage_cfgs]:
@@ -127,10 +134,10 @@ def _run_locked(config, workdir: Path, plan: Plan, mesh) -> dict:
         (m.hf_path for _, m in sorted(models.items(), reverse=True) if m.hf_path), ""
     )
     if jax.process_index() == 0:  # the toy's tokenizer is trained into the (shared) workdir once
-        tasks.build_tokenizer(task_cfg, workdir, tokenizer_source)
+        build_tokenizer(task_cfg, workdir, tokenizer_source)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("s2d_jax tokenizer")
-    task = tasks.Task(task_cfg, tasks.build_tokenizer(task_cfg, workdir, tokenizer_source))
+    task = Task(task_cfg, build_tokenizer(task_cfg, workdir, tokenizer_source))
     summaries = {}
     with rewards.Grader(workers=config.grader_workers, timeout_s=config.grader_timeout_s) as grader:
         ctx = Context(workdir, config.seed, task, models, eval_cfg, grader, config.nan_policy, mesh)
@@ -153,14 +160,14 @@ def _run_locked(config, workdir: Path, plan: Plan, mesh) -> dict:
     return summaries
 
 
-def model_config(spec: experiment.ModelSpec, vocab_size: int | None) -> model.ModelConfig:
+def model_config(spec: ModelSpec, vocab_size: int | None) -> decoder.ModelConfig:
     """A role's architecture: from its checkpoint's config.json, or its toy preset sized to the
     task's tokenizer (`vocab_size`). A checkpoint must match its preset's dimensions if given."""
     dtypes = dict(param_dtype=spec.dtype, compute_dtype=spec.compute_dtype or spec.dtype)
     if spec.hf_path:
-        cfg = model.ModelConfig.from_hf_config(hf_io.read_hf_config(spec.hf_path), **dtypes)
+        cfg = decoder.ModelConfig.from_hf_config(hf_io.read_hf_config(spec.hf_path), **dtypes)
         if spec.preset:
-            expected = model.ModelConfig.preset(spec.preset, **dtypes)
+            expected = decoder.ModelConfig.preset(spec.preset, **dtypes)
             differ = _differing_fields(cfg, expected, ignore=("max_seq_len",))
             if differ:
                 raise ValueError(
@@ -171,7 +178,7 @@ def model_config(spec: experiment.ModelSpec, vocab_size: int | None) -> model.Mo
                     )
                 )
         return cfg
-    return model.ModelConfig.preset(spec.preset, vocab_size=vocab_size, **dtypes)
+    return decoder.ModelConfig.preset(spec.preset, vocab_size=vocab_size, **dtypes)
 
 
 def _differing_fields(a, b, ignore=()) -> list[str]:
@@ -206,17 +213,17 @@ def load_params(ctx: Context, role: str, ref: str, *, frozen: bool = False):
         return cfg, placement.init_params(ctx.mesh, cfg, random_models.init_key(ctx.seed, role))
     stage_dir = ctx.workdir / ref
     if (stage_dir / "DONE").exists() or (stage_dir / "params").exists():
-        target = model.abstract_params(cfg)
+        target = decoder.abstract_params(cfg)
         return cfg, checkpoints.load_exported_params(stage_dir, target, shardings)
     if Path(ref).is_dir():
         dtypes = dict(param_dtype=cfg.param_dtype, compute_dtype=cfg.compute_dtype)
-        hf_cfg = model.ModelConfig.from_hf_config(hf_io.read_hf_config(ref), **dtypes)
+        hf_cfg = decoder.ModelConfig.from_hf_config(hf_io.read_hf_config(ref), **dtypes)
         hf_shardings = placement.param_shardings(ctx.mesh, hf_cfg)
         return hf_cfg, hf_io.load_hf(ref, dtype=cfg.param_dtype, shardings=hf_shardings)[1]
     raise FileNotFoundError(f"cannot load {ref!r}: {stage_dir}/params does not exist")
 
 
-def run_stage(ctx: Context, stage: experiment.StageConfig, stage_dir: Path) -> dict:
+def run_stage(ctx: Context, stage: StageConfig, stage_dir: Path) -> dict:
     stage_dir.mkdir(parents=True, exist_ok=True)
     cfg, params = load_params(ctx, stage.model, stage.init_from)
     if stage.kind == "eval":
@@ -280,11 +287,11 @@ def run_stage(ctx: Context, stage: experiment.StageConfig, stage_dir: Path) -> d
     return summary
 
 
-def step_config(stage: experiment.StageConfig, total_steps: int) -> train.StepConfig:
+def step_config(stage: StageConfig, total_steps: int) -> steps.StepConfig:
     """The jitted step's static settings for a stage."""
     objective = {"sft": "sft", "grpo": "grpo"}.get(stage.kind, stage.loss)
     g = stage.grpo
-    return train.StepConfig(
+    return steps.StepConfig(
         objective=objective,
         optimizer=dataclasses.replace(
             stage.optim, total_steps=stage.optim.total_steps or total_steps
@@ -306,7 +313,7 @@ def c2_kl(ctx: Context, cfg, params, teacher, make_batch, when: str) -> dict:
     tokens, attention_mask = placement.put_rows(
         ctx.mesh, (batch["tokens"], batch["attention_mask"])
     )
-    stats = train.score_kl(cfg, params, teacher.cfg, teacher.params, tokens, attention_mask)
+    stats = steps.score_kl(cfg, params, teacher.cfg, teacher.params, tokens, attention_mask)
     if ctx.mesh is not None:
         stats = placement.to_host({k: stats[k] for k in ("forward", "reverse")})
     mask = batch["loss_mask"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from s2d_jax import sampler
+from s2d_jax.rollout import sampler
 
 
 def example_indices(pool_size: int, batch: int, seed: int, step: int) -> np.ndarray:
