@@ -123,6 +123,7 @@ def optim(lr=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.1, grad_c
             lr=lr,
             schedule=schedule,
             warmup_steps=warmup_steps,
+            total_steps=0,  # the cosine's length; 0: the stage's number of updates
             b1=0.9,
             b2=0.999,
             eps=1e-8,
@@ -151,12 +152,13 @@ def _stage(kind, model, init_from, data, steps, batch_size, max_new_tokens, lr, 
         micro_batches=1,  # gradient accumulation: one update over this many micro-batches
         save_every=25,
         eval_every=0,  # 0: evaluate only when the stage ends
-        loss="",  # distillation loss (see s2d_jax/learn/steps.py OBJECTIVES)
+        loss="",  # the objective, for kinds that offer several (s2d_jax/workflow/stages.py KINDS)
         samples_per_prompt=1,  # G for grpo; K teacher rollouts for forward_kl; student samples for OPD
         sampling=sampling(max_new_tokens),
         optim=optim(lr=lr),
         grpo=grpo(),
         chunk_size=512,  # tokens per chunk of the full-vocabulary terms (memory ~ chunk x V)
+        vocab_chunk=8192,  # vocabulary slice of their backward pass (0: the whole vocabulary)
         max_skipped_frac=0.1,  # nan_policy "skip": more skipped steps than this share fail
         max_consecutive_skips=3,  # ... as do more skipped steps than this in a row
     )
@@ -180,7 +182,8 @@ def grpo(
             clip_eps_high=clip_eps_high,
             kl_coef=kl_coef,
             kl_estimator=kl_estimator,
-            aggregation=aggregation,
+            aggregation=aggregation,  # "token" | "sequence" | "dr_grpo"
+            dr_grpo_max_len=0,  # Dr. GRPO's constant normaliser; 0: the batch's T - 1
             normalize_std=True,
             format_reward=format_reward,
         )

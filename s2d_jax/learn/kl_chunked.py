@@ -11,7 +11,7 @@ full `[D, V]` partial gradient per chunk before adding it (measured in benchmark
 
 Chunks run along time, not over flattened B*T, so a batch sharded over devices stays sharded. The
 vocabulary slicing uses dynamic slices of the unembedding; with a vocabulary-sharded unembedding
-pass `vocab_chunk=None` (one slice) rather than make the partitioner gather it.
+pass `vocab_chunk=0` (one slice) rather than make the partitioner gather it.
 
 Values equal the unchunked `losses` functions (the same per-token formulas run on each chunk);
 gradients are the analytic ones, tested against autodiff of the unchunked losses. Only the graded
@@ -31,7 +31,6 @@ import jax.numpy as jnp
 from s2d_jax.learn import losses
 
 F32 = jnp.float32
-GRAD_MODES = ("logprob", "forward", "reverse")
 
 
 def _logits(hidden_BcD: jax.Array, w_DV: jax.Array) -> jax.Array:
@@ -70,8 +69,9 @@ def map_time_chunks(fn: Callable, arrays: tuple, chunk_size: int):
 
 
 def _vocab_slices(V: int, vocab_chunk: int | None) -> int:
-    """Number of equal slices of V of at most vocab_chunk (1 when slicing is off or too fine)."""
-    if vocab_chunk is None or vocab_chunk >= V:
+    """Number of equal slices of V of at most vocab_chunk (1 when slicing is off (0 or None) or too
+    fine)."""
+    if not vocab_chunk or vocab_chunk >= V:
         return 1
     n = next(n for n in range(math.ceil(V / vocab_chunk), V + 1) if V % n == 0)
     # A vocabulary with no divisor near the target (a prime V) would give tiny, slow slices.
@@ -161,8 +161,8 @@ def token_logprobs_chunked(
     unembedding: jax.Array,
     targets: jax.Array,
     *,
-    chunk_size: int = 512,
-    vocab_chunk: int | None = 8192,
+    chunk_size: int,
+    vocab_chunk: int | None,
 ) -> jax.Array:
     """Log-prob of each target: hidden [B, T, D], unembedding [D, V], targets [B, T] -> [B, T] f32.
 
@@ -181,8 +181,8 @@ def kl_token_stats_chunked(
     targets: jax.Array | None = None,
     *,
     grad: str | None = None,
-    chunk_size: int = 512,
-    vocab_chunk: int | None = 8192,
+    chunk_size: int,
+    vocab_chunk: int | None,
 ) -> dict[str, jax.Array]:
     """`losses.kl_token_stats` from hidden states: [B, T, D], [D, V], [B, T, D_T], [D_T, V].
 
@@ -209,8 +209,8 @@ def kl_loss_chunked(
     mask: jax.Array,
     targets: jax.Array | None = None,
     *,
-    chunk_size: int = 512,
-    vocab_chunk: int | None = 8192,
+    chunk_size: int,
+    vocab_chunk: int | None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`losses.forward_kl_loss` (direction "forward": KL(teacher || student)) or
     `losses.reverse_kl_loss` ("reverse": analytic KL(student || teacher)), token-mean over mask

@@ -102,7 +102,7 @@ def grpo_loss(
     advantages: jax.Array,
     mask: jax.Array,
     *,
-    clip_eps: float = 0.2,
+    clip_eps: float,
     clip_eps_high: float | None = None,
     ref_logprobs: jax.Array | None = None,
     kl_coef: float = 0.0,

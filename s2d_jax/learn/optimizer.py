@@ -11,25 +11,25 @@ import optax
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """AdamW with global-norm clipping; lr constant or cosine to 0, after a linear warmup."""
+    """AdamW with global-norm clipping; lr constant or cosine to 0, after a linear warmup.
 
-    lr: float = 1e-6
-    schedule: str = "constant"  # "constant" | "cosine"
-    warmup_steps: int = 0
-    total_steps: int = 0  # cosine decays to 0 at total_steps
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.1  # on every parameter, as torch AdamW in verl
-    grad_clip: float = 1.0  # 0: no clipping
+    No field has a default here: experiments set them all (configs/common.py `optim`)."""
+
+    lr: float
+    schedule: str  # "constant" | "cosine"
+    warmup_steps: int
+    total_steps: int  # cosine decays to 0 at total_steps
+    b1: float
+    b2: float
+    eps: float
+    weight_decay: float  # on every parameter, as torch AdamW in verl
+    grad_clip: float  # 0: no clipping
 
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(
                 f"OptimizerConfig.schedule must be 'constant' or 'cosine', got {self.schedule!r}"
             )
-        if self.warmup_steps < 0 or self.grad_clip < 0:
-            raise ValueError("OptimizerConfig: warmup_steps and grad_clip must be >= 0")
 
 
 def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:

@@ -29,11 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from s2d_jax.learn import kl_chunked, losses, optimizer
+from s2d_jax.learn import kl_chunked, optimizer
+from s2d_jax.learn.objectives import OBJECTIVES, GrpoConfig
+from s2d_jax.learn.optimizer import OptimizerConfig
 from s2d_jax.model import decoder
 
-OBJECTIVES = ("grpo", "forward_kl", "forward_kl_hard", "reverse_kl", "sampled_reverse_kl", "sft")
-TEACHER_OBJECTIVES = ("forward_kl", "reverse_kl", "sampled_reverse_kl")
 
 
 @flax.struct.dataclass
@@ -45,7 +45,7 @@ class TrainState:
 
 
 def init_train_state(
-    model_cfg: decoder.ModelConfig, opt_cfg: optimizer.OptimizerConfig, params, rng: jax.Array | int
+    model_cfg: decoder.ModelConfig, opt_cfg: OptimizerConfig, params, rng: jax.Array | int
 ) -> TrainState:
     """A fresh state whose params are float32 master copies of `params` (any float dtype).
 
@@ -69,116 +69,56 @@ def init_train_state(
 class StepConfig:
     """What one update optimises. Hashable: a static argument of the jitted step."""
 
-    objective: str  # one of OBJECTIVES
-    optimizer: optimizer.OptimizerConfig = optimizer.OptimizerConfig()
-    micro_batches: int = 1  # gradient accumulation: B is split into this many equal parts
-    chunk_size: int = 512  # tokens per chunk of the full-vocabulary terms
-    vocab_chunk: int | None = 8192  # vocabulary slice of their backward pass (None: whole)
-    clip_eps: float = 0.2
-    clip_eps_high: float | None = None  # None: symmetric clipping
-    kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    aggregation: str = "token"  # "token" | "sequence" | "dr_grpo"
-    dr_grpo_max_len: int | None = None  # Dr. GRPO's constant normaliser; None: T - 1
+    objective: str  # a key of objectives.OBJECTIVES
+    optimizer: OptimizerConfig
+    micro_batches: int  # gradient accumulation: B is split into this many equal parts
+    chunk_size: int  # tokens per chunk of the full-vocabulary terms
+    vocab_chunk: int  # vocabulary slice of their backward pass (0: the whole vocabulary)
+    grpo: GrpoConfig | None = None  # read by the grpo objective only
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(
-                f"StepConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}"
+                f"StepConfig.objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}"
             )
-        if self.aggregation not in losses.AGGREGATIONS:
-            raise ValueError(f"StepConfig.aggregation must be one of {losses.AGGREGATIONS}")
-        if self.kl_estimator not in losses.KL_ESTIMATORS:
-            raise ValueError(f"StepConfig.kl_estimator must be one of {losses.KL_ESTIMATORS}")
+        if self.objective == "grpo" and self.grpo is None:
+            raise ValueError("StepConfig: the grpo objective needs its GrpoConfig (grpo=...)")
         if self.micro_batches < 1:
             raise ValueError(f"StepConfig.micro_batches must be >= 1, got {self.micro_batches}")
 
+    @property
+    def needs_teacher(self) -> bool:
+        return OBJECTIVES[self.objective].needs_teacher
+
     def batch_keys(self) -> tuple[str, ...]:
         """The batch entries this objective reads."""
-        keys = ("tokens", "attention_mask", "loss_mask")
-        if self.objective == "grpo":
-            keys += ("old_logprobs", "advantages") + (("ref_logprobs",) if self.kl_coef else ())
-        if self.objective == "sampled_reverse_kl":
-            keys += ("old_logprobs",)
-        return keys
-
-
-# ----------------------------------------------------------------------------- objectives
+        return ("tokens", "attention_mask", "loss_mask") + OBJECTIVES[self.objective].batch_keys(
+            self
+        )
 
 
 def _hidden(model_cfg, params, batch):
     """Hidden states [B, T-1, D] that score targets [B, T-1], and the unembedding [D, V]."""
-    hidden = decoder.forward_hidden(model_cfg, params, batch["tokens"], batch["attention_mask"])
-    return hidden[:, :-1], decoder.unembedding(model_cfg, params)
-
-
-def _chunks(cfg: StepConfig) -> dict:
-    return {"chunk_size": cfg.chunk_size, "vocab_chunk": cfg.vocab_chunk}
-
-
-def _logprob_objective(cfg, student, teacher, batch):
-    targets, mask = batch["tokens"][:, 1:], batch["loss_mask"]
-    logprobs = kl_chunked.token_logprobs_chunked(*student, targets, **_chunks(cfg))
-    if cfg.objective == "grpo":
-        return losses.grpo_loss(
-            logprobs,
-            batch["old_logprobs"],
-            batch["advantages"],
-            mask,
-            clip_eps=cfg.clip_eps,
-            clip_eps_high=cfg.clip_eps_high,
-            ref_logprobs=batch["ref_logprobs"] if cfg.kl_coef else None,
-            kl_coef=cfg.kl_coef,
-            kl_estimator=cfg.kl_estimator,
-            aggregation=cfg.aggregation,
-            max_len=cfg.dr_grpo_max_len,
-        )
-    if cfg.objective == "sampled_reverse_kl":
-        teacher_lp = kl_chunked.token_logprobs_chunked(*teacher, targets, **_chunks(cfg))
-        teacher_lp = jax.lax.stop_gradient(teacher_lp)
-        return losses.sampled_reverse_kl_loss(logprobs, batch["old_logprobs"], teacher_lp, mask)
-    return losses.nll_loss(logprobs, mask)  # sft, forward_kl_hard
-
-
-def _full_kl_objective(cfg, student, teacher, batch):
-    fn = {
-        "forward_kl": kl_chunked.forward_kl_loss_chunked,
-        "reverse_kl": kl_chunked.reverse_kl_loss_chunked,
-    }[cfg.objective]
-    targets, mask = batch["tokens"][:, 1:], batch["loss_mask"]
-    return fn(*student, *teacher, mask, targets, **_chunks(cfg))
-
-
-# One explicit table: which function computes each objective from (student, teacher, batch).
-_OBJECTIVE_FNS = {
-    "grpo": _logprob_objective,
-    "sft": _logprob_objective,
-    "forward_kl_hard": _logprob_objective,
-    "sampled_reverse_kl": _logprob_objective,
-    "forward_kl": _full_kl_objective,
-    "reverse_kl": _full_kl_objective,
-}
+    hidden_BTD = decoder.forward_hidden(model_cfg, params, batch["tokens"], batch["attention_mask"])
+    return hidden_BTD[:, :-1], decoder.unembedding(model_cfg, params)
 
 
 def _normaliser(cfg: StepConfig, batch) -> jax.Array:
     """The denominator of the objective's mean over this batch: micro-batch gradients weighted by
     their share of it sum to the gradient of the whole batch."""
-    mask = batch["loss_mask"] > 0
-    if cfg.objective == "grpo" and cfg.aggregation == "sequence":
-        return jnp.sum(jnp.any(mask, axis=1).astype(jnp.float32))
-    if cfg.objective == "grpo" and cfg.aggregation == "dr_grpo":
-        return jnp.asarray(mask.shape[0], jnp.float32)
-    return jnp.sum(mask.astype(jnp.float32))
+    return OBJECTIVES[cfg.objective].normaliser(cfg, batch["loss_mask"])
 
 
 def _loss_and_grads(params, teacher_params, batch, cfg, model_cfg, teacher_cfg):
     """(loss, metrics), grads of the objective over the batch, accumulated over micro-batches."""
 
+    objective = OBJECTIVES[cfg.objective]
+
     def loss_fn(params, batch):
         teacher = None
-        if cfg.objective in TEACHER_OBJECTIVES:  # frozen: never differentiated
+        if objective.needs_teacher:  # frozen: never differentiated
             teacher = jax.lax.stop_gradient(_hidden(teacher_cfg, teacher_params, batch))
-        return _OBJECTIVE_FNS[cfg.objective](cfg, _hidden(model_cfg, params, batch), teacher, batch)
+        return objective.loss(cfg, _hidden(model_cfg, params, batch), teacher, batch)
 
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
     M = cfg.micro_batches
@@ -270,7 +210,7 @@ def _all_finite(tree) -> jax.Array:
 
 def train_step(state: TrainState, batch: dict, *, cfg: StepConfig, model_cfg: decoder.ModelConfig):
     """One update of an objective that needs no teacher model (grpo, sft, forward_kl_hard)."""
-    if cfg.objective in TEACHER_OBJECTIVES:
+    if cfg.needs_teacher:
         raise ValueError(f"objective {cfg.objective!r} needs the teacher: use distill_step")
     return _update(state, None, batch, cfg, model_cfg, None)
 
@@ -285,7 +225,7 @@ def distill_step(
     teacher_cfg: decoder.ModelConfig,
 ):
     """One update of forward_kl / reverse_kl / sampled_reverse_kl against the frozen teacher."""
-    if cfg.objective not in TEACHER_OBJECTIVES:
+    if not cfg.needs_teacher:
         raise ValueError(f"objective {cfg.objective!r} takes no teacher: use train_step")
     if teacher_cfg.vocab_size != model_cfg.vocab_size:
         raise ValueError(
@@ -306,13 +246,13 @@ def jit_train_step(
     compiler_options: dict | None = None,
 ):
     """The jitted step with the state donated: (state, batch) -> (state, metrics), or
-    (state, teacher_params, batch) for TEACHER_OBJECTIVES.
+    (state, teacher_params, batch) for objectives that need the teacher.
 
     Shardings (NamedSharding pytrees, or one sharding for a whole argument) are optional; give
     all of those the step's arguments need, or none (then they follow the inputs).
     `compiler_options` go to XLA (e.g. {"xla_backend_optimization_level": 0} compiles faster).
     """
-    if cfg.objective in TEACHER_OBJECTIVES:
+    if cfg.needs_teacher:
         if teacher_cfg is None:
             raise ValueError(f"objective {cfg.objective!r} needs teacher_cfg")
         fn = functools.partial(distill_step, cfg=cfg, model_cfg=model_cfg, teacher_cfg=teacher_cfg)
@@ -335,14 +275,17 @@ def jit_train_step(
 
 @functools.partial(jax.jit, static_argnames=("cfg", "chunk_size"))
 def score_tokens(
-    cfg: decoder.ModelConfig, params, tokens, attention_mask, *, chunk_size: int = 512
+    cfg: decoder.ModelConfig, params, tokens, attention_mask, *, chunk_size: int
 ):
     """Log-prob [B, T-1] float32 of tokens[:, 1:] under a frozen model; tokens/mask [B, T].
 
     No gradient; runs where params and tokens live (sharded inputs give a sharded computation).
     """
     hidden, w = _hidden(cfg, params, {"tokens": tokens, "attention_mask": attention_mask})
-    lp = kl_chunked.token_logprobs_chunked(hidden, w, tokens[:, 1:], chunk_size=chunk_size)
+    # No gradient flows, so the backward pass's vocabulary slicing does not matter.
+    lp = kl_chunked.token_logprobs_chunked(
+        hidden, w, tokens[:, 1:], chunk_size=chunk_size, vocab_chunk=0
+    )
     return jax.lax.stop_gradient(lp)
 
 
@@ -355,7 +298,7 @@ def score_kl(
     tokens,
     attention_mask,
     *,
-    chunk_size: int = 512,
+    chunk_size: int,
 ) -> dict[str, jax.Array]:
     """Per-token diagnostics [B, T-1] of two frozen models on the same sequences [B, T]:
     "forward" KL(teacher || student), "reverse" KL(student || teacher), "student_entropy",

@@ -1,4 +1,5 @@
-"""From examples and sampler rollouts to train batches; which examples a step uses.
+"""From examples and sampler rollouts to train batches; which examples a step uses; sampling and
+scoring a batch on the run's mesh.
 
 Every batch is a pure function of `(seed, step)` (plus the params at that step), so a resumed run
 needs only the step number to continue exactly where it stopped.
@@ -9,9 +10,17 @@ attention_mask [B, T]; per-target arrays are [B, T-1], aligned with targets toke
 
 from __future__ import annotations
 
+import time
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from s2d_jax.distributed import placement
+from s2d_jax.learn import steps
 from s2d_jax.rollout import sampler
+
+if TYPE_CHECKING:
+    from s2d_jax.workflow.context import RunContext
 
 
 def example_indices(pool_size: int, batch: int, seed: int, step: int) -> np.ndarray:
@@ -72,3 +81,41 @@ def completion_texts(rollout: sampler.Rollout, tokenizer) -> list[str]:
     tokens = np.asarray(rollout.tokens)[:, P:]
     mask = np.asarray(rollout.completion_mask)
     return [tokenizer.decode(row[m]) for row, m in zip(tokens, mask, strict=True)]
+
+
+def sample(ctx: RunContext, cfg, params, prompts, sampling, seed: int, num_samples: int):
+    """A rollout of every prompt, as host arrays on every process, and its stats.
+
+    `sampling` is a stage's SamplingConfig or the EvalConfig (both carry the decoding fields)."""
+    tok = ctx.task.tokenizer
+    t0 = time.perf_counter()
+    rollout = sampler.generate(
+        cfg,
+        placement.sampling_params(ctx.mesh, cfg, params),
+        prompts,
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        eos_id=tok.eos_ids,
+        pad_id=tok.pad_id,
+        seed=seed,
+        num_samples=num_samples,
+        mesh=ctx.mesh,
+        data_axis=placement.SAMPLE_DATA_AXIS,
+    )
+    rollout = placement.to_host(rollout)
+    lengths = np.asarray(rollout.lengths)
+    stats = {
+        "rollout/tokens": float(lengths.sum()),
+        "rollout/length_mean": float(lengths.mean()),
+        "rollout/truncated_frac": float(np.asarray(rollout.truncated).mean()),
+        "time/sample_s": time.perf_counter() - t0,
+    }
+    return rollout, stats
+
+
+def score(ctx: RunContext, cfg, params, batch, chunk_size: int) -> np.ndarray:
+    """Log-probs [B, T-1] of a host batch's tokens under frozen `params` (rows over the mesh)."""
+    tokens, mask = placement.put_rows(ctx.mesh, (batch["tokens"], batch["attention_mask"]))
+    return placement.to_host(steps.score_tokens(cfg, params, tokens, mask, chunk_size=chunk_size))

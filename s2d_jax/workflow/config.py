@@ -1,31 +1,36 @@
-"""The package boundary for configs: an ml_collections ConfigDict becomes frozen dataclasses here.
+"""The one config boundary: an ml_collections ConfigDict becomes a frozen `RunConfig` here.
 
-Everything is checked before any compute: unknown or missing keys (named with their path), stage
-references (`init_from`, `teacher` must name an earlier stage, "base", or an existing directory),
-and required local paths of real models and data.
+    run_cfg = config.parse(config_dict)     # every check below, before any compute or file
+
+Nothing below this module sees a ConfigDict. Checked here: unknown or missing keys (named with
+their path, at every level), the range of every numeric field, each stage's kind and objective
+(`stages.KINDS`), stage references (`init_from` and `teacher` name an earlier stage, "base", or an
+existing directory), the local paths of real models and data, each Hugging Face checkpoint
+against its preset, the pools that stages and the evaluation read, and the run-level keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 from s2d_jax.data.datasets import SPLITS as DATASET_SPLITS
-from s2d_jax.data.task import TaskConfig
+from s2d_jax.data.task import TaskConfig, resolve_pool
 from s2d_jax.distributed.sharding import MeshConfig
+from s2d_jax.learn.objectives import GrpoConfig
 from s2d_jax.learn.optimizer import OptimizerConfig
+from s2d_jax.model import decoder, hf_io
+from s2d_jax.workflow.ranges import check_ranges
+from s2d_jax.workflow.stages import KINDS
 
-KINDS = ("sft", "grpo", "forward_kl", "on_policy_kl", "eval")
-DISTILL_LOSSES = {
-    "forward_kl": ("forward_kl", "forward_kl_hard"),
-    "on_policy_kl": ("reverse_kl", "sampled_reverse_kl"),
-}
+NAN_POLICIES = ("skip", "raise")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     role: str
-    preset: str  # a model_presets name: fresh init, or the dimensions hf_path must have
+    preset: str  # a model presets name: fresh init, or the dimensions hf_path must have
     hf_path: str  # local Hugging Face checkpoint directory
     dtype: str  # dtype of the params as loaded: float32 masters if any stage trains the role
     compute_dtype: str  # "" = same as dtype; frozen copies (teacher, GRPO reference) use it
@@ -41,23 +46,9 @@ class SamplingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class GrpoConfig:
-    clip_eps: float
-    clip_eps_high: float  # 0: symmetric
-    kl_coef: float
-    kl_estimator: str
-    aggregation: str
-    normalize_std: bool
-    # Reward of a wrong answer in the right format (an answer extract_answer finds): 0 is the
-    # paper's pure correctness reward; a small value (e.g. 0.1, as in R1-style format rewards)
-    # gives a model that rarely writes \boxed{} a signal to start from.
-    format_reward: float
-
-
-@dataclasses.dataclass(frozen=True)
 class StageConfig:
     name: str
-    kind: str
+    kind: str  # a key of stages.KINDS
     model: str
     init_from: str
     teacher: str
@@ -68,11 +59,12 @@ class StageConfig:
     micro_batches: int
     save_every: int
     eval_every: int
-    loss: str
+    loss: str  # the objective of a kind that offers several ("" for the others)
     samples_per_prompt: int
-    chunk_size: int
+    chunk_size: int  # tokens per chunk of the full-vocabulary terms: training, scoring, C2
+    vocab_chunk: int  # vocabulary slice of their backward pass (0: the whole vocabulary)
     sampling: SamplingConfig
-    optim: OptimizerConfig
+    optim: OptimizerConfig  # total_steps 0: the stage's own length
     grpo: GrpoConfig
     # nan_policy "skip" fails the stage past either: skipped steps / steps, skipped in a row
     max_skipped_frac: float
@@ -91,6 +83,138 @@ class EvalConfig:
     batch_size: int
 
 
+@dataclasses.dataclass(frozen=True)
+class GraderConfig:
+    workers: int
+    timeout_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A validated config: what `pipeline.run` will do, known before any compute."""
+
+    seed: int
+    nan_policy: str  # "skip" a non-finite step (counted, budgeted) or "raise"
+    grader: GraderConfig
+    mesh: MeshConfig
+    task: TaskConfig
+    models: dict[str, ModelSpec]
+    stages: tuple[StageConfig, ...]  # in dependency order
+    eval: EvalConfig
+    export_hf: str  # a stage whose params are also written as a Hugging Face checkpoint
+    report_rows: str  # "label=stage,..." rows of the report's table
+
+
+# The run-level keys of a config and what they become.
+_RUN_KEYS = (
+    "seed",
+    "nan_policy",
+    "grader_workers",
+    "grader_timeout_s",
+    "mesh",
+    "task",
+    "models",
+    "stages",
+    "eval",
+    "export_hf",
+    "report_rows",
+)
+
+
+def parse(config) -> RunConfig:
+    """Check every key, reference and path of a config; nothing is written or computed."""
+    keys = set(config.keys())
+    unknown, missing = sorted(keys - set(_RUN_KEYS)), sorted(set(_RUN_KEYS) - keys)
+    if unknown or missing:
+        raise KeyError(
+            f"config: unknown key(s) {unknown}, missing key(s) {missing}; expected {list(_RUN_KEYS)}"
+        )
+    models = parse_models(config)
+    run_cfg = RunConfig(
+        seed=int(config.seed),
+        nan_policy=config.nan_policy,
+        grader=to_dataclass(
+            GraderConfig,
+            dict(workers=config.grader_workers, timeout_s=config.grader_timeout_s),
+            "config.grader",
+        ),
+        mesh=to_dataclass(MeshConfig, config.mesh, "config.mesh"),
+        task=parse_task(config),
+        models=models,
+        stages=tuple(parse_stages(config, models)),
+        eval=parse_eval(config),
+        export_hf=config.export_hf,
+        report_rows=config.report_rows,
+    )
+    if run_cfg.nan_policy not in NAN_POLICIES:
+        raise ValueError(
+            f"config.nan_policy = {run_cfg.nan_policy!r}; expected one of {NAN_POLICIES}"
+        )
+    if run_cfg.export_hf and run_cfg.export_hf not in [s.name for s in run_cfg.stages]:
+        raise KeyError(f"config.export_hf = {run_cfg.export_hf!r} is not a stage of this config")
+    check_pools(run_cfg)
+    for spec in models.values():
+        if spec.hf_path:
+            model_config(spec, vocab_size=None)  # reads config.json, checks the preset's dims
+    names = {s.name for s in run_cfg.stages}
+    for stage in run_cfg.stages:
+        for ref, role in _references(stage):
+            if ref != "base" and ref not in names:  # an HF directory: checked as a hf_path is
+                model_config(models[role], vocab_size=None, checkpoint_dir=ref)
+    return run_cfg
+
+
+def check_pools(run_cfg: RunConfig) -> None:
+    """Every pool a stage or the evaluation reads exists (checked by name, no data read), so a
+    typo fails now and not after a stage has trained."""
+    pools = [
+        (f"config.stages.{s.name}.data", s.data) for s in run_cfg.stages if KINDS[s.kind].trains
+    ]
+    for where, name in pools + [("config.eval.splits", split) for split in run_cfg.eval.splits]:
+        try:
+            resolve_pool(run_cfg.task, name)
+        except KeyError as error:
+            raise KeyError(f"{where}: {error.args[0]}") from None
+
+
+def model_config(
+    spec: ModelSpec, *, vocab_size: int | None, checkpoint_dir: str = ""
+) -> decoder.ModelConfig:
+    """A role's architecture, built one way for every source: the config.json of
+    `checkpoint_dir` (an HF directory given as init_from / teacher) or of the role's hf_path,
+    or else its toy preset sized to the task's tokenizer (`vocab_size`). The role's dtypes apply
+    either way, and a checkpoint must match the role's preset's dimensions when one is given."""
+    dtypes = dict(param_dtype=spec.dtype, compute_dtype=spec.compute_dtype or spec.dtype)
+    path = checkpoint_dir or spec.hf_path
+    if not path:
+        return decoder.ModelConfig.preset(spec.preset, vocab_size=vocab_size, **dtypes)
+    cfg = decoder.ModelConfig.from_hf_config(hf_io.read_hf_config(path), **dtypes)
+    if spec.preset:
+        expected = decoder.ModelConfig.preset(spec.preset, **dtypes)
+        differ = _differing_fields(cfg, expected, ignore=("max_seq_len",))
+        if differ:
+            where = checkpoint_dir or f"config.models.{spec.role}.hf_path = {spec.hf_path}"
+            raise ValueError(
+                f"{where} is not a {spec.preset} checkpoint: "
+                + ", ".join(f"{f} {getattr(cfg, f)!r} != {getattr(expected, f)!r}" for f in differ)
+            )
+    return cfg
+
+
+def _differing_fields(a, b, ignore=()) -> list[str]:
+    """Names of the dataclass fields where a and b differ; floats compare to a relative 1e-6,
+    since checkpoints converted through float32 (GGUF) store e.g. 1e-5 as 9.9999997e-06."""
+    differ = []
+    for field in dataclasses.fields(a):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if field.name in ignore:
+            continue
+        same = math.isclose(x, y, rel_tol=1e-6) if isinstance(x, float) else x == y
+        if not same:
+            differ.append(field.name)
+    return differ
+
+
 def to_dataclass(cls, value, where: str):
     """Build `cls` from a ConfigDict/dict, naming `where` and the key on a missing or unknown key."""
     data = value.to_dict() if hasattr(value, "to_dict") else dict(value)
@@ -102,80 +226,12 @@ def to_dataclass(cls, value, where: str):
     missing = sorted(required - set(data) - {"name", "role"})
     if missing:
         raise KeyError(f"{where}: missing key(s) {missing}")
-    record = cls(**data)
+    try:
+        record = cls(**data)
+    except ValueError as error:  # a record's own check (e.g. an unknown aggregation)
+        raise ValueError(f"{where}: {error}") from None
     check_ranges(record, where)
     return record
-
-
-def _at_least(low):
-    return (lambda v: v >= low), f">= {low}"
-
-
-def _above(low):
-    return (lambda v: v > low), f"> {low}"
-
-
-def _between(low, high):
-    return (lambda v: low <= v <= high), f"in [{low}, {high}]"
-
-
-_PROBABILITY_MASS = ((lambda v: 0 < v <= 1), "in (0, 1]")
-_DECAY = ((lambda v: 0 <= v < 1), "in [0, 1)")
-# The allowed values of every numeric field, checked when a record is built from a config, so
-# that e.g. a negative step count or learning rate fails here, naming the field.
-RANGES = {
-    "StageConfig": dict(
-        steps=_at_least(0),
-        epochs=_at_least(1),
-        batch_size=_at_least(1),
-        micro_batches=_at_least(1),
-        save_every=_at_least(1),
-        eval_every=_at_least(0),
-        samples_per_prompt=_at_least(1),
-        chunk_size=_at_least(1),
-        max_skipped_frac=_between(0, 1),
-        max_consecutive_skips=_at_least(0),
-    ),
-    "SamplingConfig": dict(
-        max_new_tokens=_at_least(0),
-        temperature=_at_least(0),
-        top_p=_PROBABILITY_MASS,
-        top_k=_at_least(0),
-    ),
-    "OptimizerConfig": dict(
-        lr=_at_least(0),
-        warmup_steps=_at_least(0),
-        total_steps=_at_least(0),
-        b1=_DECAY,
-        b2=_DECAY,
-        eps=_above(0),
-        weight_decay=_at_least(0),
-        grad_clip=_at_least(0),
-    ),
-    "GrpoConfig": dict(
-        clip_eps=_above(0),
-        clip_eps_high=_at_least(0),
-        kl_coef=_at_least(0),
-        format_reward=_between(0, 1),
-    ),
-    "EvalConfig": dict(
-        samples=_at_least(1),
-        max_new_tokens=_at_least(1),
-        temperature=_at_least(0),
-        top_p=_PROBABILITY_MASS,
-        top_k=_at_least(0),
-        max_problems=_at_least(0),
-        batch_size=_at_least(1),
-    ),
-}
-
-
-def check_ranges(record, where: str) -> None:
-    """Raise ValueError naming `where.<field>`, its value and the allowed range when out of it."""
-    for field, (ok, allowed) in RANGES.get(type(record).__name__, {}).items():
-        value = getattr(record, field)
-        if not ok(value):
-            raise ValueError(f"{where}.{field} = {value!r}; expected {allowed}")
 
 
 def parse_models(config) -> dict[str, ModelSpec]:
@@ -208,10 +264,6 @@ def parse_models(config) -> dict[str, ModelSpec]:
 def parse_stage(name: str, stage) -> StageConfig:
     where = f"config.stages.{name}"
     data = stage.to_dict() if hasattr(stage, "to_dict") else dict(stage)
-    if isinstance(data.get("optim"), dict) and "steps" in data:
-        # cosine schedules decay over the stage; a stage sized by epochs sets it when it starts
-        # (a negative `steps` is reported by the StageConfig check, naming it)
-        data["optim"].setdefault("total_steps", max(data["steps"], 0))
     for key, cls in (
         ("sampling", SamplingConfig),
         ("optim", OptimizerConfig),
@@ -221,18 +273,28 @@ def parse_stage(name: str, stage) -> StageConfig:
             data[key] = to_dataclass(cls, data[key], f"{where}.{key}")
     parsed = to_dataclass(StageConfig, dict(data, name=name), where)
     if parsed.kind not in KINDS:
-        raise ValueError(f"{where}.kind = {parsed.kind!r}; expected one of {KINDS}")
-    if parsed.kind in DISTILL_LOSSES and parsed.loss not in DISTILL_LOSSES[parsed.kind]:
+        raise ValueError(f"{where}.kind = {parsed.kind!r}; expected one of {sorted(KINDS)}")
+    kind = KINDS[parsed.kind]
+    if parsed.loss and parsed.loss not in kind.objectives:
         raise ValueError(
-            f"{where}.loss = {parsed.loss!r}; a {parsed.kind} stage takes {DISTILL_LOSSES[parsed.kind]}"
+            f"{where}.loss = {parsed.loss!r}; a {parsed.kind} stage takes {kind.objectives} "
+            f'("" = {kind.objectives[0] if kind.objectives else "none"})'
         )
-    if parsed.kind != "eval" and parsed.optim.lr <= 0:
+    if kind.trains and parsed.optim.lr <= 0:
         raise ValueError(
             f"{where}.optim.lr = {parsed.optim.lr}; a {parsed.kind} stage needs lr > 0"
         )
     if parsed.batch_size % parsed.micro_batches:
         raise ValueError(f"{where}: batch_size {parsed.batch_size} % micro_batches != 0")
     return parsed
+
+
+def _references(stage: StageConfig) -> list[tuple[str, str]]:
+    """(reference, model role) of what a stage loads: its init_from, and its teacher if any."""
+    refs = [(stage.init_from, stage.model)]
+    if KINDS[stage.kind].uses_teacher:
+        refs.append((stage.teacher, "teacher"))
+    return refs
 
 
 def parse_stages(config, models: dict[str, ModelSpec]) -> list[StageConfig]:
@@ -247,11 +309,12 @@ def parse_stages(config, models: dict[str, ModelSpec]) -> list[StageConfig]:
             raise ValueError(
                 f"config.stages.{name}.model = {stage.model!r}; models are {sorted(models)}"
             )
-        refs = [("init_from", stage.init_from)]
-        if stage.kind in DISTILL_LOSSES:
-            refs.append(("teacher", stage.teacher))
         deps[name] = set()
-        for field, ref in refs:
+        for (ref, role), field in zip(_references(stage), ("init_from", "teacher"), strict=False):
+            if role not in models:
+                raise ValueError(
+                    f"config.stages.{name}: a {stage.kind} stage needs a {role!r} model"
+                )
             if ref in parsed and ref != name:
                 deps[name].add(ref)
             elif ref != "base" and not (ref and Path(ref).is_dir()):
@@ -276,7 +339,7 @@ def check_trained_precision(stages, models: dict[str, ModelSpec]) -> None:
     """A role that any stage trains keeps float32 master weights (frozen roles may be bfloat16)."""
     for stage in stages:
         spec = models[stage.model]
-        if stage.kind != "eval" and spec.dtype != "float32":
+        if KINDS[stage.kind].trains and spec.dtype != "float32":
             raise ValueError(
                 f"config.models.{spec.role}.dtype = {spec.dtype!r}, but stage {stage.name!r} trains "
                 f"{spec.role!r}: a trained model keeps float32 master weights, since AdamW steps "
@@ -288,7 +351,8 @@ def check_trained_precision(stages, models: dict[str, ModelSpec]) -> None:
 
 def parse_eval(config) -> EvalConfig:
     data = config.eval.to_dict()
-    data["splits"] = tuple(s for s in str(data.get("splits", "")).split(",") if s)
+    if "splits" in data:  # a missing key is reported by to_dataclass, naming it
+        data["splits"] = tuple(s for s in str(data["splits"]).split(",") if s)
     return to_dataclass(EvalConfig, data, "config.eval")
 
 
@@ -307,10 +371,3 @@ def parse_task(config) -> TaskConfig:
             "parquet file with problem and answer columns (e.g. DAPO-Math-17K)"
         )
     return task
-
-
-def parse_mesh(config) -> MeshConfig | None:
-    """`config.mesh` as a MeshConfig (keys checked); None when the config has no `mesh` key."""
-    if "mesh" not in config:
-        return None  # a config from before meshes: one device, as it always ran
-    return to_dataclass(MeshConfig, config.mesh, "config.mesh")

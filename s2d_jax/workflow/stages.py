@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -23,19 +24,22 @@ from jax.experimental import multihost_utils
 
 from s2d_jax.distributed import placement
 from s2d_jax.distributed import sharding as sh
-from s2d_jax.grading import evaluate, rewards
+from s2d_jax.grading import rewards
 from s2d_jax.learn import losses, steps
-from s2d_jax.rollout import sampler
+from s2d_jax.model import decoder
 from s2d_jax.workflow import batches
-from s2d_jax.workflow.config import StageConfig
+
+if TYPE_CHECKING:  # annotations only: config.py reads KINDS
+    from s2d_jax.workflow.config import StageConfig
+    from s2d_jax.workflow.context import RunContext
 
 
 @dataclasses.dataclass
 class Policy:
     """A model role's architecture with the params a stage starts from."""
 
-    cfg: object
-    params: object
+    cfg: decoder.ModelConfig
+    params: dict  # stacked layout (decoder.init_params)
 
 
 def frozen_copy(cfg, params):
@@ -43,7 +47,7 @@ def frozen_copy(cfg, params):
     return jax.tree.map(lambda x: x.astype(cfg.compute_dtype), params)
 
 
-def _seed(ctx, stage: StageConfig, purpose: int) -> int:
+def _seed(ctx: RunContext, stage: StageConfig, purpose: int) -> int:
     """A per-stage, per-purpose seed: stages never share random streams."""
     return int(
         np.random.default_rng([ctx.seed, sum(map(ord, stage.name)), purpose]).integers(2**31)
@@ -55,46 +59,9 @@ def num_steps(stage: StageConfig, pool_size: int) -> int:
     return stage.steps or stage.epochs * -(-pool_size // stage.batch_size)
 
 
-def batch_indices(ctx, stage: StageConfig, pool_size: int, step: int):
+def batch_indices(ctx: RunContext, stage: StageConfig, pool_size: int, step: int):
     """Which examples of the pool a step uses: a function of (seed, stage, step) only."""
     return batches.example_indices(pool_size, stage.batch_size, _seed(ctx, stage, 0), step)
-
-
-def _sample(ctx, cfg, params, prompts, stage_or_eval, seed, num_samples):
-    """A rollout of every prompt, as host arrays on every process, and its stats."""
-    s = stage_or_eval
-    tok = ctx.task.tokenizer
-    t0 = time.perf_counter()
-    rollout = sampler.generate(
-        cfg,
-        placement.sampling_params(ctx.mesh, cfg, params),
-        prompts,
-        max_new_tokens=s.max_new_tokens,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        top_k=s.top_k,
-        eos_id=tok.eos_ids,
-        pad_id=tok.pad_id,
-        seed=seed,
-        num_samples=num_samples,
-        mesh=ctx.mesh,
-        data_axis=placement.SAMPLE_DATA_AXIS,
-    )
-    rollout = placement.to_host(rollout)
-    lengths = np.asarray(rollout.lengths)
-    stats = {
-        "rollout/tokens": float(lengths.sum()),
-        "rollout/length_mean": float(lengths.mean()),
-        "rollout/truncated_frac": float(np.asarray(rollout.truncated).mean()),
-        "time/sample_s": time.perf_counter() - t0,
-    }
-    return rollout, stats
-
-
-def _score(ctx, cfg, params, batch) -> np.ndarray:
-    """Log-probs [B, T-1] of a host batch's tokens under frozen `params` (rows over the mesh)."""
-    tokens, mask = placement.put_rows(ctx.mesh, (batch["tokens"], batch["attention_mask"]))
-    return placement.to_host(steps.score_tokens(cfg, params, tokens, mask))
 
 
 def grade_own_rows(grader, texts: list[str], references: list[str], answer_style: str):
@@ -104,8 +71,8 @@ def grade_own_rows(grader, texts: list[str], references: list[str], answer_style
     if n == 1 or len(texts) % n:
         return grader.grade(texts, references, answer_style=answer_style)
     mine = sh.process_rows(len(texts))
-    rewards_b, stats = grader.grade(texts[mine], references[mine], answer_style=answer_style)
-    rewards_B = np.asarray(multihost_utils.process_allgather(rewards_b, tiled=True))
+    own_rewards, stats = grader.grade(texts[mine], references[mine], answer_style=answer_style)
+    rewards_B = np.asarray(multihost_utils.process_allgather(own_rewards, tiled=True))
     keys = sorted(k for k in stats if k != "reward/mean")
     totals = multihost_utils.process_allgather(np.array([stats[k] for k in keys])).sum(0)
     stats = {k: float(v) for k, v in zip(keys, totals, strict=True)}
@@ -116,7 +83,7 @@ def grade_own_rows(grader, texts: list[str], references: list[str], answer_style
 # ----------------------------------------------------------------------------- per-kind batch makers
 
 
-def sft_batches(ctx, stage, policy, teacher):
+def sft_batches(ctx: RunContext, stage: StageConfig, policy: Policy, teacher, stage_dir: Path):
     pool = ctx.task.pool(stage.data)
 
     def make_batch(params, step):
@@ -128,7 +95,7 @@ def sft_batches(ctx, stage, policy, teacher):
     return make_batch, num_steps(stage, len(pool))
 
 
-def grpo_batches(ctx, stage, policy, teacher):
+def grpo_batches(ctx: RunContext, stage: StageConfig, policy: Policy, teacher, stage_dir: Path):
     pool = ctx.task.pool(stage.data)
     seed = _seed(ctx, stage, 0)
     G = stage.samples_per_prompt
@@ -141,7 +108,7 @@ def grpo_batches(ctx, stage, policy, teacher):
     def make_batch(params, step):
         idx = batch_indices(ctx, stage, len(pool), step)
         prompts = [ctx.task.prompt_ids(pool[i]) for i in idx]
-        rollout, stats = _sample(ctx, cfg, params, prompts, sampling, seed + step + 1, G)
+        rollout, stats = batches.sample(ctx, cfg, params, prompts, sampling, seed + step + 1, G)
         texts = batches.completion_texts(rollout, ctx.task.tokenizer)
         references = [pool[i]["answer"] for i in idx for _ in range(G)]
         rewards_B, reward_stats = grade_own_rows(ctx.grader, texts, references, answer_style)
@@ -159,9 +126,9 @@ def grpo_batches(ctx, stage, policy, teacher):
             )
         )
         if sampling.temperature != 1.0:  # the sampler's log-probs are tempered; the trainer's not
-            batch["old_logprobs"] = _score(ctx, cfg, params, batch)
+            batch["old_logprobs"] = batches.score(ctx, cfg, params, batch, stage.chunk_size)
         if ref_params is not None:
-            batch["ref_logprobs"] = _score(ctx, cfg, ref_params, batch)
+            batch["ref_logprobs"] = batches.score(ctx, cfg, ref_params, batch, stage.chunk_size)
         solved = correct_B.reshape(-1, G).max(axis=1)
         return batch, {
             **stats,
@@ -175,7 +142,7 @@ def grpo_batches(ctx, stage, policy, teacher):
     return make_batch, num_steps(stage, len(pool))
 
 
-def _teacher_rollouts(ctx, stage, teacher, stage_dir: Path):
+def _teacher_rollouts(ctx: RunContext, stage: StageConfig, teacher: Policy, stage_dir: Path):
     """K teacher rollouts per prompt of the pool, generated once and cached (resume reuses them)."""
     cache = stage_dir / "teacher_rollouts.json"
     if cache.exists():
@@ -186,7 +153,7 @@ def _teacher_rollouts(ctx, stage, teacher, stage_dir: Path):
     chunk = max(1, 256 // stage.samples_per_prompt)
     for start in range(0, len(pool), chunk):
         prompts = [ctx.task.prompt_ids(ex) for ex in pool[start : start + chunk]]
-        rollout, _ = _sample(
+        rollout, _ = batches.sample(
             ctx,
             teacher.cfg,
             teacher.params,
@@ -210,7 +177,9 @@ def _teacher_rollouts(ctx, stage, teacher, stage_dir: Path):
     return data
 
 
-def forward_kl_batches(ctx, stage, policy, teacher, stage_dir):
+def forward_kl_batches(
+    ctx: RunContext, stage: StageConfig, policy: Policy, teacher: Policy, stage_dir: Path
+):
     data = _teacher_rollouts(ctx, stage, teacher, stage_dir)
     n = len(data["prompts"])
 
@@ -224,7 +193,9 @@ def forward_kl_batches(ctx, stage, policy, teacher, stage_dir):
     return make_batch, num_steps(stage, n)
 
 
-def on_policy_kl_batches(ctx, stage, policy, teacher):
+def on_policy_kl_batches(
+    ctx: RunContext, stage: StageConfig, policy: Policy, teacher: Policy, stage_dir: Path
+):
     pool = ctx.task.pool(stage.data)
     seed = _seed(ctx, stage, 0)
     cfg = policy.cfg
@@ -232,62 +203,92 @@ def on_policy_kl_batches(ctx, stage, policy, teacher):
     def make_batch(params, step):
         idx = batch_indices(ctx, stage, len(pool), step)
         prompts = [ctx.task.prompt_ids(pool[i]) for i in idx]
-        rollout, stats = _sample(
+        rollout, stats = batches.sample(
             ctx, cfg, params, prompts, stage.sampling, seed + step + 1, stage.samples_per_prompt
         )
         batch = batches.rollout_batch(rollout)
         if stage.sampling.temperature != 1.0:
-            batch["old_logprobs"] = _score(ctx, cfg, params, batch)
+            batch["old_logprobs"] = batches.score(ctx, cfg, params, batch, stage.chunk_size)
         return batch, stats
 
     return make_batch, num_steps(stage, len(pool))
 
 
-# ----------------------------------------------------------------------------- evaluation
+# ----------------------------------------------------------------------------- diagnostics
 
 
-def evaluate_policy(ctx, cfg, params, out_dir: Path | None, tag: str) -> dict:
-    """avg@k ± SE, pass@k, maj@k on every eval split; per-sample JSONL + summary JSON in out_dir."""
-    e = ctx.eval_cfg
-    results = {}
-    for split in e.splits:
-        pool = ctx.task.pool(split)
-        if e.max_problems:
-            pool = pool[: e.max_problems]
-        completions, lengths, truncated = [], [], []
-        for start in range(0, len(pool), e.batch_size):
-            chunk = pool[start : start + e.batch_size]
-            prompts = [ctx.task.prompt_ids(ex) for ex in chunk]
-            rollout, _ = _sample(ctx, cfg, params, prompts, e, ctx.seed + 7919 + start, e.samples)
-            texts = batches.completion_texts(rollout, ctx.task.tokenizer)
-            completions += [texts[i : i + e.samples] for i in range(0, len(texts), e.samples)]
-            lengths.append(np.asarray(rollout.lengths))
-            truncated.append(np.asarray(rollout.truncated))
-        truncated_PK = np.concatenate(truncated).reshape(len(pool), e.samples)
-        scored = evaluate.score_completions(
-            ctx.grader,
-            [ex["id"] for ex in pool],
-            completions,
-            [ex["answer"] for ex in pool],
-            truncated_PK,
-            answer_style=ctx.task.answer_style(split),
-        )
-        levels = [ex["level"] for ex in pool]
-        summary = evaluate.summarize(
-            scored.correct_PK,
-            answer_groups=scored.groups_PK,
-            groups={"level": levels} if max(levels) >= 0 else None,
-            pass_ks=sorted({1, e.samples}),
-            prefix=f"eval/{split}",
-        )
-        summary |= {f"eval/{split}/{name}": n for name, n in scored.grader_counts.items()}
-        # Completion length in tokens, and the fraction cut at max_new_tokens (graded 0, as in
-        # training): what GRPO moves first on a model that rambles.
-        summary[f"eval/{split}/length"] = float(np.concatenate(lengths).mean())
-        summary[f"eval/{split}/truncated"] = float(truncated_PK.mean())
-        if out_dir is not None and jax.process_index() == 0:
-            evaluate.write_eval_outputs(
-                str(Path(out_dir) / f"eval_{tag}" / split), scored.records, summary
-            )
-        results.update(summary)
-    return results
+def c2_kl(ctx: RunContext, stage: StageConfig, cfg, params, teacher: Policy, make_batch, when: str):
+    """Condition C2: mean per-token KLs between teacher and student on the first batch of
+    teacher rollouts (the same batch before and after the warmup)."""
+    batch, _ = make_batch(params, 0)
+    tokens, attention_mask = placement.put_rows(
+        ctx.mesh, (batch["tokens"], batch["attention_mask"])
+    )
+    stats = steps.score_kl(
+        cfg,
+        params,
+        teacher.cfg,
+        teacher.params,
+        tokens,
+        attention_mask,
+        chunk_size=stage.chunk_size,
+    )
+    if ctx.mesh is not None:  # gathered to every process; one device reduces them in place
+        stats = placement.to_host({k: stats[k] for k in ("forward", "reverse")})
+    mask = batch["loss_mask"]
+    count = max(float(mask.sum()), 1.0)
+    return {
+        f"c2/forward_{when}": float((stats["forward"] * mask).sum() / count),
+        f"c2/reverse_{when}": float((stats["reverse"] * mask).sum() / count),
+    }
+
+
+# ----------------------------------------------------------------------------- the kinds
+
+
+@dataclasses.dataclass(frozen=True)
+class StageKind:
+    """Everything the driver needs to know about one kind of stage.
+
+    make_batches(ctx, stage, policy, teacher, stage_dir) -> (make_batch(params, step) -> (batch,
+    metrics), number of steps); diagnostics(ctx, stage, cfg, params, teacher, make_batch, when)
+    -> metrics, run with when = "before" and "after" the training loop.
+    """
+
+    trains: bool  # False: evaluate `init_from` and stop
+    uses_teacher: bool  # the frozen teacher is loaded (`teacher` reference)
+    uses_labels: bool  # the verifier grades against the pool's answers (labeled examples spent)
+    objectives: tuple[str, ...]  # the `loss` values it takes; "" means the first
+    make_batches: Callable | None
+    diagnostics: Callable | None = None
+
+    def objective(self, stage: StageConfig) -> str:
+        return stage.loss or self.objectives[0]
+
+
+KINDS = {
+    "sft": StageKind(True, False, False, ("sft",), sft_batches),
+    "grpo": StageKind(True, False, True, ("grpo",), grpo_batches),
+    "forward_kl": StageKind(
+        True, True, False, ("forward_kl", "forward_kl_hard"), forward_kl_batches, c2_kl
+    ),
+    "on_policy_kl": StageKind(
+        True, True, False, ("reverse_kl", "sampled_reverse_kl"), on_policy_kl_batches
+    ),
+    "eval": StageKind(False, False, False, (), None),
+}
+
+
+def step_config(stage: StageConfig, total_steps: int) -> steps.StepConfig:
+    """The jitted step's static settings for a stage of `total_steps` updates."""
+    optim = stage.optim
+    if not optim.total_steps:  # a schedule over the stage's own length
+        optim = dataclasses.replace(optim, total_steps=total_steps)
+    return steps.StepConfig(
+        objective=KINDS[stage.kind].objective(stage),
+        optimizer=optim,
+        micro_batches=stage.micro_batches,
+        chunk_size=stage.chunk_size,
+        vocab_chunk=stage.vocab_chunk,
+        grpo=stage.grpo,
+    )

@@ -1,0 +1,77 @@
+"""The allowed values of every numeric config field, checked when a record is built from a config
+(`config.to_dataclass`), so that e.g. a negative step count or learning rate fails at the boundary,
+naming the field."""
+
+
+def _at_least(low):
+    return (lambda v: v >= low), f">= {low}"
+
+
+def _above(low):
+    return (lambda v: v > low), f"> {low}"
+
+
+def _between(low, high):
+    return (lambda v: low <= v <= high), f"in [{low}, {high}]"
+
+
+_PROBABILITY_MASS = ((lambda v: 0 < v <= 1), "in (0, 1]")
+_DECAY = ((lambda v: 0 <= v < 1), "in [0, 1)")
+# The allowed values of every numeric field, checked when a record is built from a config, so
+# that e.g. a negative step count or learning rate fails here, naming the field.
+RANGES = {
+    "StageConfig": dict(
+        steps=_at_least(0),
+        epochs=_at_least(1),
+        batch_size=_at_least(1),
+        micro_batches=_at_least(1),
+        save_every=_at_least(1),
+        eval_every=_at_least(0),
+        samples_per_prompt=_at_least(1),
+        chunk_size=_at_least(1),
+        vocab_chunk=_at_least(0),
+        max_skipped_frac=_between(0, 1),
+        max_consecutive_skips=_at_least(0),
+    ),
+    "SamplingConfig": dict(
+        max_new_tokens=_at_least(0),
+        temperature=_at_least(0),
+        top_p=_PROBABILITY_MASS,
+        top_k=_at_least(0),
+    ),
+    "OptimizerConfig": dict(
+        lr=_at_least(0),
+        warmup_steps=_at_least(0),
+        total_steps=_at_least(0),
+        b1=_DECAY,
+        b2=_DECAY,
+        eps=_above(0),
+        weight_decay=_at_least(0),
+        grad_clip=_at_least(0),
+    ),
+    "GrpoConfig": dict(
+        clip_eps=_above(0),
+        clip_eps_high=_at_least(0),
+        kl_coef=_at_least(0),
+        dr_grpo_max_len=_at_least(0),
+        format_reward=_between(0, 1),
+    ),
+    "GraderConfig": dict(workers=_at_least(1), timeout_s=_above(0)),
+    "EvalConfig": dict(
+        samples=_at_least(1),
+        max_new_tokens=_at_least(1),
+        temperature=_at_least(0),
+        top_p=_PROBABILITY_MASS,
+        top_k=_at_least(0),
+        max_problems=_at_least(0),
+        batch_size=_at_least(1),
+    ),
+}
+
+
+def check_ranges(record, where: str) -> None:
+    """Raise ValueError naming `where.<field>`, its value and the allowed range when out of it."""
+    for field, (ok, allowed) in RANGES.get(type(record).__name__, {}).items():
+        value = getattr(record, field)
+        if not ok(value):
+            raise ValueError(f"{where}.{field} = {value!r}; expected {allowed}")
