@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s2d_jax.learn import optimizer, steps
+from s2d_jax.learn import objectives, optimizer, steps
 from s2d_jax.model import decoder
 
 
@@ -89,7 +89,7 @@ def make_batch(cfg, batch: int, seq: int, params) -> dict:
     attention = np.ones((batch, seq), bool)
     loss_mask = np.zeros((batch, seq - 1), np.float32)
     loss_mask[:, seq // 4 :] = 1.0  # a prompt quarter, a completion of three quarters
-    lp = np.asarray(steps.score_tokens(cfg, params, tokens, attention))
+    lp = np.asarray(steps.score_tokens(cfg, params, tokens, attention, chunk_size=512))
     return {
         "tokens": tokens,
         "attention_mask": attention,
@@ -155,7 +155,17 @@ def main():
     teacher = init(teacher_cfg, jax.random.key(1))
     B, T = args.batch, args.seq
     batch = make_batch(cfg, B, T, params)
-    opt = optimizer.OptimizerConfig(lr=1e-6)
+    opt = optimizer.OptimizerConfig(
+        lr=1e-6,
+        schedule="constant",
+        warmup_steps=0,
+        total_steps=0,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        weight_decay=0.1,
+        grad_clip=1.0,
+    )
     print(
         f"backend {jax.default_backend()} ({jax.device_count()} devices, {jax.devices()[0]}); "
         f"student {decoder.count_params(params) / 1e6:.1f}M params "
@@ -173,11 +183,27 @@ def main():
         f"{'matmul':>8} {'wall':>6} {'best':>6} {'cpu':>6}"
     )
     train_flops = 3 * forward_flops(cfg, B, T)
-    grpo = steps.StepConfig("grpo", opt, kl_coef=5e-4, chunk_size=args.chunk_size)
+    grpo = steps.StepConfig(
+        "grpo",
+        opt,
+        1,
+        args.chunk_size,
+        vocab_chunk=8192,
+        grpo=objectives.GrpoConfig(
+            clip_eps=0.2,
+            clip_eps_high=0.0,
+            kl_coef=5e-4,
+            kl_estimator="k3",
+            aggregation="token",
+            dr_grpo_max_len=0,
+            normalize_std=True,
+            format_reward=0.0,
+        ),
+    )
     state = steps.init_train_state(cfg, opt, params, 0)
     step = steps.jit_train_step(grpo, cfg)
     bench_step("grpo", step, state, (batch,), train_flops, args.reps, matmul)
-    fkl = steps.StepConfig("forward_kl", opt, chunk_size=args.chunk_size)
+    fkl = steps.StepConfig("forward_kl", opt, 1, args.chunk_size, vocab_chunk=8192)
     state = steps.init_train_state(cfg, opt, params, 0)
     step = steps.jit_train_step(fkl, cfg, teacher_cfg)
     flops = train_flops + forward_flops(teacher_cfg, B, T)

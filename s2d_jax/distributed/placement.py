@@ -90,7 +90,7 @@ def jit_update(
     is jitted with the state's, the teacher's and the rows' shardings (one compile per row count)
     and the host batch is put on the mesh by rows.
     """
-    takes_teacher = step_cfg.objective in steps.TEACHER_OBJECTIVES
+    takes_teacher = step_cfg.needs_teacher
     if mesh is None:
         step = steps.jit_train_step(step_cfg, cfg, teacher_cfg)
         if not takes_teacher:

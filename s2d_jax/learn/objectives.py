@@ -62,7 +62,9 @@ def _chunks(cfg) -> dict:
 
 def _logprobs(cfg, pair, batch):
     hidden_BTD, w_DV = pair
-    return kl_chunked.token_logprobs_chunked(hidden_BTD, w_DV, batch["tokens"][:, 1:], **_chunks(cfg))
+    return kl_chunked.token_logprobs_chunked(
+        hidden_BTD, w_DV, batch["tokens"][:, 1:], **_chunks(cfg)
+    )
 
 
 def _grpo(cfg, student, teacher, batch):
@@ -110,7 +112,12 @@ def _sampled_reverse_kl(cfg, student, teacher, batch):
 def _full_kl(direction: str) -> Callable:
     def loss(cfg, student, teacher, batch):
         return kl_chunked.kl_loss_chunked(
-            direction, *student, *teacher, batch["loss_mask"], batch["tokens"][:, 1:], **_chunks(cfg)
+            direction,
+            *student,
+            *teacher,
+            batch["loss_mask"],
+            batch["tokens"][:, 1:],
+            **_chunks(cfg),
         )
 
     return loss

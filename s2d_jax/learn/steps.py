@@ -35,7 +35,6 @@ from s2d_jax.learn.optimizer import OptimizerConfig
 from s2d_jax.model import decoder
 
 
-
 @flax.struct.dataclass
 class TrainState:
     params: Any
@@ -274,9 +273,7 @@ def jit_train_step(
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "chunk_size"))
-def score_tokens(
-    cfg: decoder.ModelConfig, params, tokens, attention_mask, *, chunk_size: int
-):
+def score_tokens(cfg: decoder.ModelConfig, params, tokens, attention_mask, *, chunk_size: int):
     """Log-prob [B, T-1] float32 of tokens[:, 1:] under a frozen model; tokens/mask [B, T].
 
     No gradient; runs where params and tokens live (sharded inputs give a sharded computation).

@@ -183,7 +183,7 @@ def sampler_memory(model_cfg, mesh, *, batch: int, prompt_len: int, cache_len: i
 
 def _compile_all(args, dtype: str, mesh) -> dict:
     """{program: per-device bytes} for the train step and (unless skipped) the sampler."""
-    from s2d_jax.learn import optimizer, steps
+    from s2d_jax.learn import objectives, optimizer, steps
     from s2d_jax.model import decoder
 
     layers = {"n_layers": args.layers} if args.layers else {}
@@ -193,17 +193,41 @@ def _compile_all(args, dtype: str, mesh) -> dict:
         args.preset, param_dtype="float32", compute_dtype=dtype, **layers
     )
     teacher_cfg = None
-    if args.objective in steps.TEACHER_OBJECTIVES:
+    if objectives.OBJECTIVES[args.objective].needs_teacher:
         if not args.teacher_preset:
             raise SystemExit(f"--objective {args.objective} needs --teacher_preset")
         teacher_cfg = decoder.ModelConfig.preset(
             args.teacher_preset, param_dtype=dtype, compute_dtype=dtype
         )
+    # The optimizer's hyperparameters do not change the step's memory; its state's dtypes do.
+    opt = optimizer.OptimizerConfig(
+        lr=1e-6,
+        schedule="constant",
+        warmup_steps=0,
+        total_steps=0,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        weight_decay=0.1,
+        grad_clip=1.0,
+    )
+    grpo = objectives.GrpoConfig(
+        clip_eps=0.2,
+        clip_eps_high=0.0,
+        kl_coef=args.kl_coef,
+        kl_estimator="k3",
+        aggregation="token",
+        dr_grpo_max_len=0,
+        normalize_std=True,
+        format_reward=0.0,
+    )
     step_cfg = steps.StepConfig(
         args.objective,
-        optimizer.OptimizerConfig(lr=1e-6),
+        opt,
         micro_batches=args.micro_batches,
-        kl_coef=args.kl_coef,
+        chunk_size=args.chunk_size,
+        vocab_chunk=args.vocab_chunk,
+        grpo=grpo,
     )
     out = {
         "train_step": train_step_memory(
@@ -300,10 +324,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seq", type=int, default=4096, help="train tokens per row = cache slots")
     parser.add_argument("--sample_batch", type=int, default=0, help="sampler rows (0: --batch)")
     parser.add_argument("--prompt_len", type=int, default=512, help="sampler prompt slots")
-    parser.add_argument("--objective", default="grpo", help="steps.OBJECTIVES entry")
+    parser.add_argument(
+        "--objective", default="grpo", help="a key of learn/objectives.py OBJECTIVES"
+    )
     parser.add_argument("--teacher_preset", default="", help="for distillation objectives")
     parser.add_argument("--micro_batches", type=int, default=1)
     parser.add_argument("--kl_coef", type=float, default=0.0, help=">0 adds ref log-probs")
+    parser.add_argument("--chunk_size", type=int, default=512, help="as a stage's chunk_size")
+    parser.add_argument("--vocab_chunk", type=int, default=8192, help="as a stage's vocab_chunk")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     parser.add_argument("--layers", type=int, default=0, help="override n_layers (0: preset's)")
     parser.add_argument("--hbm_gib", type=float, default=80.0, help="per-device memory budget")

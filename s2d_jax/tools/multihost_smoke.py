@@ -31,7 +31,7 @@ import optax
 from jax.sharding import NamedSharding
 
 from s2d_jax.distributed import sharding as sh
-from s2d_jax.learn import optimizer, steps
+from s2d_jax.learn import objectives, optimizer, steps
 from s2d_jax.model import decoder
 from s2d_jax.workflow import checkpoints
 
@@ -75,10 +75,32 @@ def _tree_equal(a, b) -> bool:
     return bool(jax.jit(equal)(a, b))
 
 
+GRPO = objectives.GrpoConfig(
+    clip_eps=0.2,
+    clip_eps_high=0.0,
+    kl_coef=0.0,
+    kl_estimator="k3",
+    aggregation="token",
+    dr_grpo_max_len=0,
+    normalize_std=True,
+    format_reward=0.0,
+)
+
+
 def _grpo(mesh: jax.sharding.Mesh):
-    """(state, its shardings, step function) for GRPO updates of the toy model via train.py."""
+    """(state, its shardings, step function) for GRPO updates of the toy model (learn/steps.py)."""
     cfg = toy_config()
-    opt = optimizer.OptimizerConfig(lr=1e-2, weight_decay=0.0)
+    opt = optimizer.OptimizerConfig(
+        lr=1e-2,
+        schedule="constant",
+        warmup_steps=0,
+        total_steps=0,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        weight_decay=0.0,
+        grad_clip=1.0,
+    )
     p_shardings = sh.param_shardings(cfg, mesh, sh.TRAIN_RULES)
 
     def init(key):
@@ -89,7 +111,7 @@ def _grpo(mesh: jax.sharding.Mesh):
 
     state, state_shardings = sh.init_sharded(init, shardings_of, jax.random.key(0))
     jitted = steps.jit_train_step(
-        steps.StepConfig("grpo", opt, chunk_size=8),
+        steps.StepConfig("grpo", opt, 1, chunk_size=8, vocab_chunk=0, grpo=GRPO),
         cfg,
         state_sharding=state_shardings,
         batch_sharding=sh.batch_sharding(mesh),
