@@ -47,7 +47,7 @@ def main(argv):
     plan = pipeline.validate(_CONFIG.value)
     hf_path = next((m.hf_path for m in plan.models.values() if m.hf_path), "")
     with tempfile.TemporaryDirectory() as workdir:
-        task = Task(plan.task_cfg, build_tokenizer(plan.task_cfg, Path(workdir), hf_path))
+        task = Task(plan.task, build_tokenizer(plan.task, Path(workdir), hf_path))
         pool = task.pool(_SPLIT.value)[: _PROBLEMS.value]
         lengths = np.array([len(task.prompt_ids(example)) for example in pool])
     print(

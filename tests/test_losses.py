@@ -151,8 +151,8 @@ def test_grpo_loss_matches_numpy(aggregation, clip_high, dtype):
 def test_grpo_gradient_ignores_garbage_off_mask():
     lp, old, ref, adv, mask = grpo_inputs()  # lp is +inf off-mask
     fn = lambda x: losses.grpo_loss(  # noqa: E731
-        x, jnp.asarray(old), jnp.asarray(adv), jnp.asarray(mask), ref_logprobs=jnp.asarray(ref),
-        kl_coef=0.1,
+        x, jnp.asarray(old), jnp.asarray(adv), jnp.asarray(mask), clip_eps=0.2,
+        ref_logprobs=jnp.asarray(ref), kl_coef=0.1,
     )[0]  # fmt: skip
     grad = np.asarray(jax.jit(jax.grad(fn))(jnp.asarray(lp)))
     assert np.isfinite(grad).all() and np.all(grad[~mask] == 0)
@@ -162,7 +162,7 @@ def test_grpo_gradient_ignores_garbage_off_mask():
 def test_grpo_ratio_one_is_minus_mean_advantage(aggregation):
     _, old, _, adv, mask = grpo_inputs()
     loss, _ = losses.grpo_loss(
-        jnp.asarray(old), jnp.asarray(old), jnp.asarray(adv), jnp.asarray(mask),
+        jnp.asarray(old), jnp.asarray(old), jnp.asarray(adv), jnp.asarray(mask), clip_eps=0.2,
         aggregation=aggregation,
     )  # fmt: skip
     n = mask.sum(1)
@@ -208,7 +208,7 @@ def test_k3_zero_iff_equal():
 def test_grpo_rejects_kl_without_reference():
     x = jnp.zeros((1, 2))
     with pytest.raises(ValueError, match="ref_logprobs"):
-        losses.grpo_loss(x, x, jnp.zeros(1), x > -1, kl_coef=0.1)
+        losses.grpo_loss(x, x, jnp.zeros(1), x > -1, clip_eps=0.2, kl_coef=0.1)
 
 
 # ----------------------------------------------------------------------------- full-vocabulary KLs
@@ -357,9 +357,14 @@ def test_chunked_kl_equals_unchunked(direction, dtype, chunk_size, vocab_chunk):
     for a, b in zip(g_c, g_p, strict=True):
         assert a.dtype == b.dtype == dtype
         np.testing.assert_allclose(as64(a), as64(b), rtol=tol, atol=tol)
-    g_teacher = jax.jit(jax.grad(lambda ht, wt: chunked(h_s, w_s, ht, wt, mask)[0], (0, 1)))(
-        h_t, w_t
-    )
+    g_teacher = jax.jit(
+        jax.grad(
+            lambda ht, wt: chunked(
+                h_s, w_s, ht, wt, mask, chunk_size=chunk_size, vocab_chunk=vocab_chunk
+            )[0],
+            (0, 1),
+        )
+    )(h_t, w_t)
     assert all(np.all(np.asarray(g) == 0) for g in g_teacher)
 
 
@@ -387,11 +392,11 @@ def test_chunked_token_logprobs_equals_unchunked(chunk_size, vocab_chunk):
 
 def test_chunked_stats_without_gradient():
     h_s, w_s, h_t, w_t, targets, _ = hidden_inputs(2, 7, 6, 5, 40, jnp.float32, seed=3)
-    got = jax.jit(kl_chunked.kl_token_stats_chunked, static_argnames="chunk_size")(
-        h_s, w_s, h_t, w_t, targets, chunk_size=3
+    got = jax.jit(kl_chunked.kl_token_stats_chunked, static_argnames=("chunk_size", "vocab_chunk"))(
+        h_s, w_s, h_t, w_t, targets, chunk_size=3, vocab_chunk=0
     )
     want = jax.jit(losses.kl_token_stats)(logits(h_s, w_s), logits(h_t, w_t), targets)
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=key)
     with pytest.raises(ValueError, match="chunk_size"):
-        kl_chunked.token_logprobs_chunked(h_s, w_s, targets, chunk_size=0)
+        kl_chunked.token_logprobs_chunked(h_s, w_s, targets, chunk_size=0, vocab_chunk=0)

@@ -21,10 +21,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import records
 from jax.sharding import PartitionSpec as Spec
 
 from s2d_jax.distributed import sharding as sh
-from s2d_jax.learn import optimizer, steps
+from s2d_jax.learn import steps
 from s2d_jax.model import decoder
 from s2d_jax.tools import multihost_smoke
 from s2d_jax.workflow import checkpoints, metrics, pipeline
@@ -111,7 +112,7 @@ def test_two_processes_grpo_steps_save_restore(tmp_path):
 def test_checkpoint_restores_onto_another_mesh_shape(tmp_path):
     """A train state saved sharded on (1, 8, 1) restores onto (2, 2, 2) with the new layout."""
     cfg = decoder.ModelConfig.preset("toy_tiny")
-    opt = optimizer.OptimizerConfig(lr=1e-3)
+    opt = records.optimizer_config(lr=1e-3)
     # Host-side random params: eager `decoder.init_params` compiles one kernel per leaf (slow here).
     rng = np.random.default_rng(1)
     params = jax.tree.map(

@@ -1,5 +1,6 @@
 """The four-stage pipeline end to end on the toy task, plus its failure behaviour."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -142,8 +143,8 @@ def _poison_grpo(monkeypatch, bad_step):
 
     original = stages.grpo_batches
 
-    def poisoned(ctx, stage, policy, teacher):
-        make_batch, total = original(ctx, stage, policy, teacher)
+    def poisoned(ctx, stage, policy, teacher, stage_dir):
+        make_batch, total = original(ctx, stage, policy, teacher, stage_dir)
 
         def make(params, step):
             batch, extra = make_batch(params, step)
@@ -153,7 +154,8 @@ def _poison_grpo(monkeypatch, bad_step):
 
         return make, total
 
-    monkeypatch.setitem(pipeline.STAGES, "grpo", poisoned)
+    kind = dataclasses.replace(stages.KINDS["grpo"], make_batches=poisoned)
+    monkeypatch.setitem(stages.KINDS, "grpo", kind)
 
 
 def test_nan_batch_is_skipped_and_counted(tmp_path, monkeypatch):
@@ -225,6 +227,7 @@ FAILING_CONFIG = """
 import sys
 sys.path.insert(0, {tests!r})
 from conftest import shrink_config
+import dataclasses
 from configs import toy_arith
 from s2d_jax.workflow import pipeline
 from s2d_jax.workflow import stages
@@ -232,8 +235,8 @@ from s2d_jax.workflow import stages
 _grpo = stages.grpo_batches
 
 
-def _failing(ctx, stage, policy, teacher):
-    make_batch, total = _grpo(ctx, stage, policy, teacher)
+def _failing(ctx, stage, policy, teacher, stage_dir):
+    make_batch, total = _grpo(ctx, stage, policy, teacher, stage_dir)
 
     def make(params, step):
         if step == 1:  # after a step: grader workers, writers and checkpoints are all in use
@@ -243,7 +246,7 @@ def _failing(ctx, stage, policy, teacher):
     return make, total
 
 
-pipeline.STAGES["grpo"] = _failing
+stages.KINDS["grpo"] = dataclasses.replace(stages.KINDS["grpo"], make_batches=_failing)
 
 
 def get_config(arg=None):

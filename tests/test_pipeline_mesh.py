@@ -27,8 +27,7 @@ from configs import toy_arith
 from s2d_jax.distributed import placement
 from s2d_jax.distributed import sharding as sh
 from s2d_jax.grading import rewards
-from s2d_jax.workflow import config as config_lib
-from s2d_jax.workflow import metrics, pipeline, report, stage_loop, stages
+from s2d_jax.workflow import batches, metrics, pipeline, report, stage_loop
 
 STAGES = ("student_sft", "direct_grpo", "raw_fkl", "raw_opd")
 MESHES = {
@@ -57,7 +56,7 @@ _ParityGrader = fake_grader(lambda text: len(text) % 2)
 def _run(tmp_path_factory, name, mesh_shape, keep_stages):
     """Run the pipeline on the first prod(mesh_shape) devices; record rollouts and states."""
     tokens, states = [], {}
-    sample, run_loop = stages._sample, stage_loop.run_loop
+    sample, run_loop = batches.sample, stage_loop.run_loop
 
     def recording_sample(*args, **kwargs):
         rollout, stats = sample(*args, **kwargs)
@@ -73,7 +72,7 @@ def _run(tmp_path_factory, name, mesh_shape, keep_stages):
     devices = jax.devices()[: int(np.prod(mesh_shape))]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(rewards, "Grader", _ParityGrader)
-        mp.setattr(stages, "_sample", recording_sample)
+        mp.setattr(batches, "sample", recording_sample)
         mp.setattr(stage_loop, "run_loop", recording_loop)
         mp.setattr(report, "write_report", lambda *args: "")  # the figure costs seconds
         pipeline.run(_config(mesh_shape, keep_stages), workdir, devices=devices)
@@ -167,12 +166,12 @@ def test_put_rows_keeps_host_order_and_falls_back_to_whole_rows():
     np.testing.assert_array_equal(sh.to_host(three), np.arange(3.0))
 
 
-def test_one_device_or_no_mesh_key_is_the_unsharded_path():
+def test_one_device_is_the_unsharded_path_and_a_config_needs_a_mesh():
     assert placement.build_mesh(sh.MeshConfig(-1, 1, 1), jax.devices()[:1]) is None
-    assert placement.build_mesh(None) is None
     config = _config((1, 1, 1), STAGES[:1])
     del config["mesh"]
-    assert config_lib.parse_mesh(config) is None
+    with pytest.raises(KeyError, match=r"missing key\(s\) \['mesh'\]"):
+        pipeline.validate(config)
     mesh = placement.build_mesh(sh.MeshConfig(1, -1, 2))
     assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2}
 

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import records
 
 from configs import common, paper
 from s2d_jax.learn import optimizer, steps
@@ -15,7 +16,7 @@ from s2d_jax.rollout import sampler
 from s2d_jax.workflow import metrics, pipeline
 from s2d_jax.workflow.config import parse_models
 
-PAPER_LR = optimizer.OptimizerConfig(lr=1e-6)  # the paper's lr, constant, AdamW (0.9, 0.999)
+PAPER_LR = records.optimizer_config(lr=1e-6)  # the paper's lr, constant, AdamW (0.9, 0.999)
 
 
 def sft_batch(cfg, B=4, T=16, seed=1):
@@ -29,7 +30,7 @@ def sft_batch(cfg, B=4, T=16, seed=1):
 
 def run_sft(cfg, params, num_steps, opt=PAPER_LR, batch=None):
     state = steps.init_train_state(cfg, opt, params, 0)
-    step = steps.jit_train_step(steps.StepConfig("sft", opt), cfg)
+    step = steps.jit_train_step(records.step_config("sft", opt), cfg)
     rows = []
     for _ in range(num_steps):
         state, m = step(state, batch if batch is not None else sft_batch(cfg))
@@ -82,7 +83,9 @@ def test_grpo_step_in_bfloat16_compute_moves_float32_masters():
         "advantages": jnp.array([1.0, -1.0] * 4),
     }
     opt = PAPER_LR
-    step = steps.jit_train_step(steps.StepConfig("grpo", opt, kl_coef=5e-4), cfg)
+    step = steps.jit_train_step(
+        records.step_config("grpo", opt, records.grpo_config(kl_coef=5e-4)), cfg
+    )
     state = steps.init_train_state(cfg, opt, params, 0)
     for _ in range(3):
         state, m = step(state, batch)
@@ -95,7 +98,7 @@ def test_update_norm_is_the_applied_change_and_param_norm_the_new_norm():
     cfg = decoder.ModelConfig.preset("toy_tiny")
     params = decoder.init_params(cfg, jax.random.key(0))
     old = jax.device_get(params)
-    state, (row,) = run_sft(cfg, params, 1, opt=optimizer.OptimizerConfig(lr=1e-3))
+    state, (row,) = run_sft(cfg, params, 1, opt=records.optimizer_config(lr=1e-3))
     new = jax.device_get(state.params)
     diff = [
         a.astype(np.float64) - b
@@ -122,14 +125,12 @@ def _poison_first_moment(state):
 def test_non_finite_update_is_skipped_with_state_untouched(fault):
     cfg = decoder.ModelConfig.preset("toy_tiny")
     params = decoder.init_params(cfg, jax.random.key(0))
-    opt = optimizer.OptimizerConfig(
-        lr=1e39 if fault == "overflowing_lr" else 1e-3
-    )  # inf in float32
+    opt = records.optimizer_config(lr=1e39 if fault == "overflowing_lr" else 1e-3)  # inf in float32
     state = steps.init_train_state(cfg, opt, params, 0)
     if fault == "nan_moment":
         state = _poison_first_moment(state)
     before = jax.device_get((state.params, state.opt_state))
-    step = steps.jit_train_step(steps.StepConfig("sft", opt), cfg)
+    step = steps.jit_train_step(records.step_config("sft", opt), cfg)
     state, m = step(state, sft_batch(cfg))
     assert np.isfinite(m["train/loss"]) and np.isfinite(m["train/grad_norm"])
     assert m["train/skipped"] == 1.0 and m["train/nonfinite_update"] == 1.0
@@ -163,16 +164,19 @@ def test_every_paper_pair_trains_float32_masters_in_bfloat16_compute():
 
 def test_frozen_teacher_is_held_in_compute_dtype(tmp_path):
     config = paper.get_config("arm=raw,pair=tiny")
-    plan = pipeline.validate(config)
+    run_cfg = pipeline.validate(config)
     from s2d_jax.data.task import Task
     from s2d_jax.grading import rewards
-    from s2d_jax.workflow import random_models
+    from s2d_jax.workflow import loading, random_models
+    from s2d_jax.workflow.context import RunContext
 
-    models = random_models.materialize(plan.models, tmp_path, seed=0)
-    task = Task(plan.task_cfg, models["student"].hf_path)
-    ctx = pipeline.Context(tmp_path, 0, task, models, plan.eval_cfg, rewards.Grader, "skip")
-    frozen_cfg, frozen = pipeline.load_params(ctx, "teacher", "base", frozen=True)
-    cfg, masters = pipeline.load_params(ctx, "teacher", "base")
+    models = random_models.materialize(run_cfg.models, tmp_path, seed=0)
+    task = Task(run_cfg.task, models["student"].hf_path)
+    ctx = RunContext(tmp_path, 0, "skip", task, models, run_cfg.eval, rewards.Grader, None)
+    teacher = loading.load_params(ctx, "teacher", "base", frozen=True)
+    frozen_cfg, frozen = teacher.cfg, teacher.params
+    trained = loading.load_params(ctx, "teacher", "base")
+    cfg, masters = trained.cfg, trained.params
     assert {x.dtype for x in jax.tree.leaves(frozen)} == {jnp.dtype(jnp.bfloat16)}
     assert {x.dtype for x in jax.tree.leaves(masters)} == {jnp.dtype(jnp.float32)}
     assert frozen_cfg == dataclasses.replace(cfg, param_dtype="bfloat16")

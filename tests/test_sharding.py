@@ -18,12 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import records
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as Spec
 
 from s2d_jax.distributed import placement
 from s2d_jax.distributed import sharding as sh
-from s2d_jax.learn import optimizer, steps
+from s2d_jax.learn import steps
 from s2d_jax.model import decoder, hf_io
 from s2d_jax.rollout import sampler
 
@@ -341,7 +342,9 @@ def _grpo_setup(cfg, params):
         "old_logprobs": -rng.uniform(2.0, 4.0, (8, tokens.shape[1] - 1)).astype(np.float32),
         "advantages": rng.standard_normal(8).astype(np.float32),
     }
-    step_cfg = steps.StepConfig("grpo", optimizer.OptimizerConfig(lr=1e-3), chunk_size=4)
+    step_cfg = records.step_config(
+        "grpo", records.optimizer_config(lr=1e-3), records.grpo_config(kl_coef=0.0), chunk_size=4
+    )
     state = steps.init_train_state(cfg, step_cfg.optimizer, params, 0)
     return step_cfg, jax.device_get(state), batch
 

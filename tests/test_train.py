@@ -8,24 +8,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import records
 
-from s2d_jax.learn import losses, optimizer, steps
+from s2d_jax.learn import losses, objectives, optimizer, steps
 from s2d_jax.model import decoder
 
 CFG = decoder.ModelConfig.preset("toy_tiny", vocab_size=48)
 TEACHER_CFG = dataclasses.replace(CFG, d_model=40, head_dim=10, n_layers=1)
 # eps = 1 makes Adam's first update ~ lr * g (instead of lr * sign(g)), so comparing params
 # after one update compares gradients; no clipping or decay to blur it.
-LINEAR_OPT = optimizer.OptimizerConfig(lr=0.1, eps=1.0, weight_decay=0.0, grad_clip=0.0)
+LINEAR_OPT = records.optimizer_config(lr=0.1, eps=1.0, weight_decay=0.0, grad_clip=0.0)
 B, T = 16, 10  # two rows per fake device
 # Compiling a step (mostly the decoder's backward pass) dominates the run time of this file, so
 # tests share these configurations and the cached jitted steps below, compiled with XLA's backend
 # optimisations off (half the compile time; the same numbers).
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
-GRPO = steps.StepConfig(
-    "grpo", LINEAR_OPT, aggregation="sequence", kl_coef=0.1, chunk_size=4, vocab_chunk=16
+GRPO = records.step_config(
+    "grpo",
+    LINEAR_OPT,
+    records.grpo_config(aggregation="sequence", kl_coef=0.1),
+    chunk_size=4,
+    vocab_chunk=16,
 )
-FKL = steps.StepConfig("forward_kl", LINEAR_OPT, chunk_size=4, vocab_chunk=16)
+FKL = records.step_config("forward_kl", LINEAR_OPT, chunk_size=4, vocab_chunk=16)
 
 
 def numpy_init(cfg, seed, std):
@@ -77,7 +82,7 @@ def jitted_step(cfg: steps.StepConfig):
         return steps.jit_train_step(
             cfg, CFG, state_sharding=replicated, batch_sharding=rows, compiler_options=FAST_COMPILE
         )
-    if cfg.objective in steps.TEACHER_OBJECTIVES:
+    if cfg.needs_teacher:
         fn = functools.partial(steps.distill_step, model_cfg=CFG, teacher_cfg=TEACHER_CFG, cfg=cfg)
     else:
         fn = functools.partial(steps.train_step, cfg=cfg, model_cfg=CFG)
@@ -89,7 +94,7 @@ def run_step(cfg, state, batch):
     batch = {k: batch[k] for k in cfg.batch_keys()}
     if cfg == GRPO4:  # inputs placed as the step expects them: one compiled executable
         state, batch = jax.device_put((state, batch), shardings())
-    if cfg.objective in steps.TEACHER_OBJECTIVES:
+    if cfg.needs_teacher:
         return jitted_step(cfg)(state, params_and_teacher()[1], batch)
     return jitted_step(cfg)(state, batch)
 
@@ -172,7 +177,9 @@ def test_micro_batch_weights_recover_the_batch_loss():
     def loss_and_normaliser(b):
         out = {}
         for aggregation in losses.AGGREGATIONS:
-            cfg = steps.StepConfig("grpo", aggregation=aggregation, kl_coef=0.1)
+            cfg = records.step_config(
+                "grpo", grpo=records.grpo_config(aggregation=aggregation, kl_coef=0.1)
+            )
             loss, _ = losses.grpo_loss(
                 b["logprobs"], b["old_logprobs"], b["advantages"], b["loss_mask"],
                 ref_logprobs=b["ref_logprobs"], kl_coef=0.1, aggregation=aggregation,
@@ -210,7 +217,7 @@ def test_nan_batch_is_skipped_bit_identically():
 # ----------------------------------------------------------------------------- each objective learns
 
 
-@pytest.mark.parametrize("objective", steps.OBJECTIVES)
+@pytest.mark.parametrize("objective", sorted(objectives.OBJECTIVES))
 def test_objective_loss_decreases(objective):
     """A few steps on one batch lower the loss; each jitted step is traced exactly once."""
     known = {"grpo": GRPO, "forward_kl": dataclasses.replace(FKL, micro_batches=4)}
@@ -237,20 +244,20 @@ def test_objective_loss_decreases(objective):
 
 
 def test_learning_rate_schedules():
-    cos = optimizer.OptimizerConfig(lr=1.0, schedule="cosine", warmup_steps=4, total_steps=12)
+    cos = records.optimizer_config(lr=1.0, schedule="cosine", warmup_steps=4, total_steps=12)
     sched = optimizer.learning_rate_schedule(cos)
     for step, want in [(0, 0.0), (2, 0.5), (4, 1.0), (8, 0.5), (12, 0.0)]:
         np.testing.assert_allclose(sched(step), want, atol=1e-6)
-    const = optimizer.learning_rate_schedule(optimizer.OptimizerConfig(lr=2.0, warmup_steps=2))
+    const = optimizer.learning_rate_schedule(records.optimizer_config(lr=2.0, warmup_steps=2))
     np.testing.assert_allclose([const(s) for s in (0, 1, 2, 50)], [0.0, 1.0, 2.0, 2.0])
     with pytest.raises(ValueError, match="schedule"):
-        optimizer.OptimizerConfig(schedule="linear")
+        records.optimizer_config(schedule="linear")
     with pytest.raises(ValueError, match="total_steps"):
-        optimizer.make_optimizer(optimizer.OptimizerConfig(schedule="cosine", total_steps=0))
+        optimizer.make_optimizer(records.optimizer_config(schedule="cosine", total_steps=0))
 
 
 def test_optimizer_is_adamw_with_clipping():
-    cfg = optimizer.OptimizerConfig(lr=0.1, weight_decay=0.5, grad_clip=1.0)
+    cfg = records.optimizer_config(lr=0.1, weight_decay=0.5, grad_clip=1.0)
     params = {"w": jnp.array([1.0, 3.0])}
     grads = {"w": jnp.array([30.0, 40.0])}  # norm 50: clipped to norm 1
     opt = optimizer.make_optimizer(cfg)
@@ -272,15 +279,15 @@ def test_init_train_state_checks_params():
 
 def test_step_config_checks():
     with pytest.raises(ValueError, match="objective"):
-        steps.StepConfig("ppo")
+        records.step_config("ppo")
     with pytest.raises(ValueError, match="teacher"):
-        steps.jit_train_step(steps.StepConfig("reverse_kl"), CFG)
+        steps.jit_train_step(records.step_config("reverse_kl"), CFG)
     with pytest.raises(ValueError, match="micro_batches"):
-        steps.StepConfig("sft", micro_batches=0)
+        records.step_config("sft", micro_batches=0)
     with pytest.raises(ValueError, match="every argument"):
         steps.jit_train_step(GRPO, CFG, state_sharding=shardings()[0])
     step = functools.partial(
-        steps.train_step, cfg=steps.StepConfig("sft", micro_batches=3), model_cfg=CFG
+        steps.train_step, cfg=records.step_config("sft", micro_batches=3), model_cfg=CFG
     )
     with pytest.raises(ValueError, match="micro_batches"):
         jax.eval_shape(step, fresh_state(), make_batch())

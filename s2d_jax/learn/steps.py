@@ -304,5 +304,5 @@ def score_kl(
     h_s, w_s = _hidden(student_cfg, student_params, batch)
     h_t, w_t = _hidden(teacher_cfg, teacher_params, batch)
     return kl_chunked.kl_token_stats_chunked(
-        h_s, w_s, h_t, w_t, tokens[:, 1:], grad=None, chunk_size=chunk_size
+        h_s, w_s, h_t, w_t, tokens[:, 1:], grad=None, chunk_size=chunk_size, vocab_chunk=0
     )
