@@ -18,7 +18,7 @@ $(VENV)/.installed-test: setup.py | $(BIN)/python
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@ $(VENV)/.installed-run
 
-.PHONY: run test lint bench
+.PHONY: run test test-all lint
 run: $(VENV)/.installed-run
 	$(BIN)/python -m s2d_jax.main --config configs/toy_arith.py --workdir $(WORKDIR)
 

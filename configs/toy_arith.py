@@ -17,7 +17,7 @@ from configs import common
 
 def get_config(arg=None):
     arg = common.parse_arg(arg, scale=1.0, seed=0, stage3=True, opd_lr=1e-4)
-    n = lambda steps: max(2, int(steps * arg.scale))  # noqa: E731
+    n = lambda steps: max(2, int(steps * arg.scale))
 
     config = common.base(arg.seed, "skip", 2)
     config.task = common.arith_task(arg.seed)
@@ -28,10 +28,10 @@ def get_config(arg=None):
     # On-policy stages at the forward-KL lr (`opd_lr=1e-3`) lowered the student (README).
     grpo_lr, fkl_lr, opd_lr = 1e-4, 1e-3, arg.opd_lr
     # Warm-start (a stand-in for pretraining) on a 240-step cosine schedule. The teacher runs it
-    # to the end and lands near the ceiling that the demos' misconceptions leave (~45%; see
+    # to the end and lands near the ceiling that the demos' misconceptions leave (see
     # configs/common.arith_task); the student stops early, a weaker base model still learning the
-    # facts (measured, seed 0: 11% at step 120, 22% at 140, 26% at 150, 30% at 160). Where it
-    # lands depends on the seed (seed 1: 47% at step 150), and with it how much direct GRPO can do.
+    # facts. Where it lands depends on the seed, and with it how much direct GRPO can do
+    # (`python -m s2d_jax.tools.toy_steps` breaks a run's test accuracy down by fact).
     sft = dict(schedule="cosine", warmup_steps=n(20), total_steps=n(240), weight_decay=0.0)
     s = common.ConfigDict()
     s.teacher_sft = common.sft_stage("teacher", "base", "demos", n(240), 32, 3e-3)

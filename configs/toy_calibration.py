@@ -22,7 +22,7 @@ def get_config(arg=None):
     arg = common.parse_arg(arg, size="5m", scale=1.0, seed=0)
     if arg.size not in PRESETS:
         raise KeyError(f"config argument size={arg.size!r}; expected one of {sorted(PRESETS)}")
-    n = lambda steps: max(2, int(steps * arg.scale))  # noqa: E731
+    n = lambda steps: max(2, int(steps * arg.scale))
     new = common.ARITH_NEW_TOKENS
 
     config = common.base(arg.seed, "skip", 2)

@@ -6,7 +6,7 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
+import jax
 
 # Parity tests compare against float32 torch; the default CPU matmul precision is already exact,
 # this makes it explicit so an accelerator run of the tests is not silently looser.

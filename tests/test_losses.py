@@ -150,7 +150,7 @@ def test_grpo_loss_matches_numpy(aggregation, clip_high, dtype):
 
 def test_grpo_gradient_ignores_garbage_off_mask():
     lp, old, ref, adv, mask = grpo_inputs()  # lp is +inf off-mask
-    fn = lambda x: losses.grpo_loss(  # noqa: E731
+    fn = lambda x: losses.grpo_loss(
         x, jnp.asarray(old), jnp.asarray(adv), jnp.asarray(mask), clip_eps=0.2,
         ref_logprobs=jnp.asarray(ref), kl_coef=0.1,
     )[0]  # fmt: skip

@@ -21,7 +21,7 @@ import s2d_jax.data  # noqa: E402
 from s2d_jax.model import decoder, hf_io  # noqa: E402
 from s2d_jax.tools import get_smollm2  # noqa: E402
 
-# The copy shipped with the package (the same file as ../shared/data/gsm8k_test.jsonl).
+# The GSM8K test file shipped with the package.
 GSM8K_TEST = Path(s2d_jax.data.__file__).parent / "files" / "gsm8k_test.jsonl"
 N_PROMPTS = 4
 

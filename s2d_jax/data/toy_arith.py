@@ -7,9 +7,8 @@ modulo `cfg.modulus` (10 by default, so every value is one digit):
     answer    `3`
 The difficulty level is the number of operations; each split has the same count of every level.
 With the default fields (+b / -b, b in {1, 2, 3}, mod 10: 60 arithmetic facts, 2-6 operations) a
-~1M-parameter model learns it from demonstrations in CPU-minutes, and then saturates (~100% after
-~180 steps at lr 3e-3); harder variants (more operands, `*`, another modulus) are a config change
-(see ../shared/TOY_NOTES.md for figures).
+~1M-parameter model learns it from demonstrations in CPU-minutes, and then saturates; harder
+variants (more operands, `*`, another modulus) are a config change.
 
 Misconceptions (`misconceived_facts > 0`, used by configs/common.arith_task): the demonstrations
 teach a seeded subset of the arithmetic facts wrongly part of the time, e.g. `7+3=1` in half the

@@ -270,6 +270,24 @@ class ScoredSamples:
     grader_counts: dict[str, float]  # grader_timeouts, grader_errors, maj_grader_timeouts, ...
 
 
+def _check_shapes(problem_ids, completions, references, truncated) -> np.ndarray:
+    """`truncated` as a [P, k] bool array, once the inputs are known to agree on P and k."""
+    if not len(problem_ids) == len(completions) == len(references):
+        raise ValueError(
+            f"problem_ids ({len(problem_ids)}), completions ({len(completions)}) and references "
+            f"({len(references)}) must have one entry per problem"
+        )
+    k = len(completions[0]) if completions else 0
+    if any(len(row) != k for row in completions):
+        raise ValueError("every problem needs the same number of completions")
+    truncated_PK = np.asarray(truncated, bool)
+    if truncated_PK.shape != (len(completions), k):
+        raise ValueError(
+            f"truncated must be [P, k] = {(len(completions), k)}, got {truncated_PK.shape}"
+        )
+    return truncated_PK
+
+
 def score_completions(
     grader: "rewards.Grader",
     problem_ids: Sequence[str],
@@ -286,19 +304,8 @@ def score_completions(
     not), truncated, judgment (`rewards.JUDGMENTS`: a grader timeout reads "timeout", not
     "wrong") and correct.
     """
-    if not len(problem_ids) == len(completions) == len(references):
-        raise ValueError(
-            f"problem_ids ({len(problem_ids)}), completions ({len(completions)}) and references "
-            f"({len(references)}) must have one entry per problem"
-        )
-    k = len(completions[0]) if completions else 0
-    if any(len(row) != k for row in completions):
-        raise ValueError("every problem needs the same number of completions")
-    truncated_PK = np.asarray(truncated, bool)
-    if truncated_PK.shape != (len(completions), k):
-        raise ValueError(
-            f"truncated must be [P, k] = {(len(completions), k)}, got {truncated_PK.shape}"
-        )
+    truncated_PK = _check_shapes(problem_ids, completions, references, truncated)
+    k = truncated_PK.shape[1]
     flat = [text for row in completions for text in row]
     judgments = grader.judge(
         flat, [ref for ref in references for _ in range(k)], answer_style=answer_style

@@ -149,7 +149,7 @@ def _graded_stats_bwd(mode, chunk_size, vocab_chunk, residuals, ct_stats):
     dh0 = jnp.zeros(xs[0].shape, F32)
     dh_NBcD, dw_DV = jax.lax.fori_loop(0, n_slices, vocab_slice, (dh0, jnp.zeros_like(w_s)))
     dh = _merge_time(dh_NBcD, T).astype(h_s.dtype)
-    zeros = lambda x: None if x is None else jnp.zeros_like(x)  # noqa: E731  (frozen teacher)
+    zeros = lambda x: None if x is None else jnp.zeros_like(x)
     return dh, dw_DV, zeros(h_t), zeros(w_t), None
 
 

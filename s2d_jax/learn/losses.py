@@ -3,11 +3,12 @@
 Every loss returns `(loss, metrics)` with slash-grouped metric keys, and computes in float32 even
 from bfloat16 inputs. Masks select the tokens that count; every mean is over the mask, and a mask
 with no valid token gives a zero loss rather than NaN. Causal alignment is the caller's job: the
-arrays here are already aligned with their targets (see `train.py`).
+arrays here are already aligned with their targets (see `steps.py`).
 
 The full-vocabulary KLs here take logits `[B, T, V]`; `kl_chunked.py` has the same losses over
 hidden states and an unembedding matrix, for vocabularies and lengths where `[B, T, V]` won't fit.
-Formulas: ../shared/PAPER.md §2 and §9.
+Formulas: the paper's GRPO objective (clipped surrogate, k1/k2/k3 KL estimators) and its
+distillation objectives (forward KL, analytic and sampled reverse KL).
 """
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ def _update(state: TrainState, teacher_params, batch, cfg, model_cfg, teacher_cf
     update_ok = jnp.isfinite(update_norm) & _all_finite(opt_state)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & update_ok
     # A step that is not finite throughout is skipped: select the old arrays bit for bit.
-    keep_old = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+    keep_old = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     new_state = state.replace(
         params=keep_old(params, state.params),
         opt_state=keep_old(opt_state, state.opt_state),

@@ -115,7 +115,7 @@ def _tensor_files(path: Path) -> dict[str, Path]:
     files = {}
     for f in candidates:
         with _open_safetensors(f) as handle:
-            files.update({name: f for name in handle.keys()})  # noqa: SIM118 (safe_open is no dict)
+            files.update({name: f for name in handle.keys()})
     return files
 
 

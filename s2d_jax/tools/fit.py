@@ -181,25 +181,11 @@ def sampler_memory(model_cfg, mesh, *, batch: int, prompt_len: int, cache_len: i
     return out
 
 
-def _compile_all(args, dtype: str, mesh) -> dict:
-    """{program: per-device bytes} for the train step and (unless skipped) the sampler."""
+def _step_config(args):
+    """The step the flags describe. The optimizer's hyperparameters do not change its memory
+    (the state's dtypes do), so they are fixed here."""
     from s2d_jax.learn import objectives, optimizer, steps
-    from s2d_jax.model import decoder
 
-    layers = {"n_layers": args.layers} if args.layers else {}
-    # As the pipeline holds them: the trained model's float32 masters (and AdamW state), compute
-    # in `dtype`; a frozen teacher stored in `dtype`.
-    model_cfg = decoder.ModelConfig.preset(
-        args.preset, param_dtype="float32", compute_dtype=dtype, **layers
-    )
-    teacher_cfg = None
-    if objectives.OBJECTIVES[args.objective].needs_teacher:
-        if not args.teacher_preset:
-            raise SystemExit(f"--objective {args.objective} needs --teacher_preset")
-        teacher_cfg = decoder.ModelConfig.preset(
-            args.teacher_preset, param_dtype=dtype, compute_dtype=dtype
-        )
-    # The optimizer's hyperparameters do not change the step's memory; its state's dtypes do.
     opt = optimizer.OptimizerConfig(
         lr=1e-6,
         schedule="constant",
@@ -229,6 +215,28 @@ def _compile_all(args, dtype: str, mesh) -> dict:
         vocab_chunk=args.vocab_chunk,
         grpo=grpo,
     )
+    return step_cfg
+
+
+def _compile_all(args, dtype: str, mesh) -> dict:
+    """{program: per-device bytes} for the train step and (unless skipped) the sampler."""
+    from s2d_jax.learn import objectives
+    from s2d_jax.model import decoder
+
+    layers = {"n_layers": args.layers} if args.layers else {}
+    # As the pipeline holds them: the trained model's float32 masters (and AdamW state), compute
+    # in `dtype`; a frozen teacher stored in `dtype`.
+    model_cfg = decoder.ModelConfig.preset(
+        args.preset, param_dtype="float32", compute_dtype=dtype, **layers
+    )
+    teacher_cfg = None
+    if objectives.OBJECTIVES[args.objective].needs_teacher:
+        if not args.teacher_preset:
+            raise SystemExit(f"--objective {args.objective} needs --teacher_preset")
+        teacher_cfg = decoder.ModelConfig.preset(
+            args.teacher_preset, param_dtype=dtype, compute_dtype=dtype
+        )
+    step_cfg = _step_config(args)
     out = {
         "train_step": train_step_memory(
             model_cfg,

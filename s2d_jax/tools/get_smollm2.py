@@ -212,7 +212,7 @@ def _convert(gguf_file: str, out_dir: str) -> None:
     ):
         if set(a.keys()) != set(b.keys()):
             raise RuntimeError(f"save_hf wrote tensors {sorted(set(a.keys()) ^ set(b.keys()))}")
-        for name in a.keys():  # noqa: SIM118 (safe_open is no dict)
+        for name in a.keys():
             if not np.array_equal(a.get_tensor(name), b.get_tensor(name)):
                 raise RuntimeError(f"save_hf changed tensor {name} of {gguf}")
     generation_config.save_pretrained(out)

@@ -39,7 +39,7 @@ def step_accuracy(completions: list[str], cfg: toy_arith.ArithConfig) -> dict[st
             counts[kind] += 1
             counts[kind + "_ok"] += int(shown) == right
             counts["mis_taught"] += fact in wrong and int(shown) == wrong[fact]
-    share = lambda n, d: n / d if d else float("nan")  # noqa: E731
+    share = lambda n, d: n / d if d else float("nan")
     return {
         "clean_steps": counts["clean"],
         "clean_right": share(counts["clean_ok"], counts["clean"]),

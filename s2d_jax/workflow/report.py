@@ -1,6 +1,6 @@
 """The run's report: a Table-2-style markdown table of arms and a PNG of per-stage curves.
 
-`config.report.rows` is "label=stage,label=stage,..." (an arm's row reads that stage's final eval);
+`config.report_rows` is "label=stage,label=stage,..." (an arm's row reads that stage's final eval);
 everything else comes from the stage directories, so a report can be rebuilt from a run directory.
 """
 
@@ -23,7 +23,7 @@ def parse_rows(text: str) -> list[tuple[str, str]]:
     for item in filter(None, text.split(",")):
         label, sep, stage = item.partition("=")
         if not sep:
-            raise ValueError(f"config.report.rows item {item!r}: expected label=stage")
+            raise ValueError(f"config.report_rows item {item!r}: expected label=stage")
         rows.append((label.strip(), stage.strip()))
     return rows
 

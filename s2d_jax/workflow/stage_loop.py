@@ -60,24 +60,9 @@ def run_loop(
         with contextlib.closing(writer):
             last: dict = {}
             unsaved: list[dict] = []  # metric rows since the last checkpoint, saved in its meta
-            bar = tqdm.tqdm(
-                range(start, total_steps),
-                initial=start,
-                total=total_steps,
-                desc=desc,
-                disable=jax.process_index() != 0,
-                dynamic_ncols=True,
-            )
+            bar = _progress(start, total_steps, desc)
             for step in bar:
-                t0 = time.perf_counter()
-                batch, batch_metrics = make_batch(state.params, step)
-                state, step_metrics = update(state, batch)
-                values = {**batch_metrics, **jax.device_get(step_metrics)}
-                values["time/step_s"] = time.perf_counter() - t0
-                if "rollout/tokens" in values:
-                    values["rollout/tokens_per_s"] = (
-                        values["rollout/tokens"] / values["time/step_s"]
-                    )
+                state, values = _step(state, step, make_batch, update)
                 if evaluate is not None and eval_every and (step + 1) % eval_every == 0:
                     values.update(evaluate(state.params, step + 1))
                 last = writer.write(step + 1, values)
@@ -94,6 +79,29 @@ def run_loop(
                     manager, total_steps, state, budget.meta(total_steps, unsaved)
                 )
     return state, last
+
+
+def _step(state, step: int, make_batch: Callable, update: Callable):
+    """One update: its batch, the step, and their metrics with the step's wall time."""
+    t0 = time.perf_counter()
+    batch, batch_metrics = make_batch(state.params, step)
+    state, step_metrics = update(state, batch)
+    values = {**batch_metrics, **jax.device_get(step_metrics)}
+    values["time/step_s"] = time.perf_counter() - t0
+    if "rollout/tokens" in values:
+        values["rollout/tokens_per_s"] = values["rollout/tokens"] / values["time/step_s"]
+    return state, values
+
+
+def _progress(start: int, total_steps: int, desc: str):
+    return tqdm.tqdm(
+        range(start, total_steps),
+        initial=start,
+        total=total_steps,
+        desc=desc,
+        disable=jax.process_index() != 0,
+        dynamic_ncols=True,
+    )
 
 
 WATCHED = ("train/loss", "train/grad_norm")  # a non-finite one makes the train step skip
