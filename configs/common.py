@@ -152,7 +152,7 @@ def _stage(kind, model, init_from, data, steps, batch_size, max_new_tokens, lr, 
         micro_batches=1,  # gradient accumulation: one update over this many micro-batches
         save_every=25,
         eval_every=0,  # 0: evaluate only when the stage ends
-        loss="",  # the objective, for kinds that offer several (s2d_jax/workflow/stages.py KINDS)
+        loss="",  # the objective; "" = the kind's first (s2d_jax/workflow/stages.py KINDS)
         samples_per_prompt=1,  # G for grpo; K teacher rollouts for forward_kl; student samples for OPD
         sampling=sampling(max_new_tokens),
         optim=optim(lr=lr),
@@ -225,7 +225,6 @@ def forward_kl_stage(
         max_new_tokens,
         lr,
         teacher=teacher,
-        loss="forward_kl",
         samples_per_prompt=rollouts,
         **extra,
     )
@@ -245,7 +244,6 @@ def on_policy_kl_stage(
         max_new_tokens,
         lr,
         teacher=teacher,
-        loss="reverse_kl",
         samples_per_prompt=samples,
         **extra,
     )

@@ -76,7 +76,9 @@ def test_grpo_step_in_bfloat16_compute_moves_float32_masters():
     cfg = decoder.ModelConfig.preset("toy_tiny", compute_dtype="bfloat16")
     params = decoder.init_params(cfg, jax.random.key(0))
     batch = sft_batch(cfg, B=8)
-    old_lp = steps.score_tokens(cfg, params, batch["tokens"], batch["attention_mask"])
+    old_lp = steps.score_tokens(
+        cfg, params, batch["tokens"], batch["attention_mask"], chunk_size=512
+    )
     batch |= {
         "old_logprobs": old_lp,
         "ref_logprobs": old_lp,

@@ -182,7 +182,7 @@ def test_micro_batch_weights_recover_the_batch_loss():
             )
             loss, _ = losses.grpo_loss(
                 b["logprobs"], b["old_logprobs"], b["advantages"], b["loss_mask"],
-                ref_logprobs=b["ref_logprobs"], kl_coef=0.1, aggregation=aggregation,
+                clip_eps=0.2, ref_logprobs=b["ref_logprobs"], kl_coef=0.1, aggregation=aggregation,
             )  # fmt: skip
             out[aggregation] = (loss, steps._normaliser(cfg, b))
         return out
@@ -337,7 +337,7 @@ def test_grpo_step_metrics_match_loss_function():
     )
     want, _ = losses.grpo_loss(
         lp, batch["old_logprobs"], batch["advantages"], batch["loss_mask"],
-        ref_logprobs=batch["ref_logprobs"], kl_coef=0.1, aggregation="sequence",
+        clip_eps=0.2, ref_logprobs=batch["ref_logprobs"], kl_coef=0.1, aggregation="sequence",
     )  # fmt: skip
     _, metrics = run_step(GRPO, state, batch)
     np.testing.assert_allclose(metrics["train/loss"], want, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""Train state, optimizer and the jitted update steps of every stage; frozen-model scoring.
+"""Train state and the jitted update steps of every stage; frozen-model scoring.
 
 One update is `train_step(state, batch, *, cfg, model_cfg)`; the objectives that need the frozen
 teacher's full distribution or log-probs use `distill_step(state, teacher_params, batch, *, cfg,
@@ -9,11 +9,13 @@ Batch (causal LM convention: position t scores token t+1, so per-token arrays ar
     tokens [B, T] int32, attention_mask [B, T] bool, loss_mask [B, T-1] (which targets count)
     grpo:               old_logprobs [B, T-1], advantages [B], ref_logprobs [B, T-1] if kl_coef
     sampled_reverse_kl: old_logprobs [B, T-1] (teacher log-probs are computed in the step)
-Logits are never materialised for the whole batch: the losses go through `kl_chunked`.
+What is optimised is `objectives.OBJECTIVES[cfg.objective]`; logits are never materialised for
+the whole batch (the objectives go through `kl_chunked`).
 
-    opt = OptimizerConfig(lr=1e-6)
-    state = init_train_state(model_cfg, opt, params, seed)
-    step = jit_train_step(StepConfig("grpo", opt), model_cfg)
+    step_cfg = StepConfig("grpo", optimizer_cfg, micro_batches=8, chunk_size=512,
+                          vocab_chunk=8192, grpo=grpo_cfg)      # workflow/stages.py builds it
+    state = init_train_state(model_cfg, optimizer_cfg, params, seed)
+    step = jit_train_step(step_cfg, model_cfg)
     state, metrics = step(state, batch)
 """
 
@@ -110,7 +112,6 @@ def _normaliser(cfg: StepConfig, batch) -> jax.Array:
 
 def _loss_and_grads(params, teacher_params, batch, cfg, model_cfg, teacher_cfg):
     """(loss, metrics), grads of the objective over the batch, accumulated over micro-batches."""
-
     objective = OBJECTIVES[cfg.objective]
 
     def loss_fn(params, batch):
@@ -132,19 +133,19 @@ def _loss_and_grads(params, teacher_params, batch, cfg, model_cfg, teacher_cfg):
     def split(x):
         return jnp.swapaxes(x.reshape((B // M, M) + x.shape[1:]), 0, 1)
 
-    micro = jax.tree.map(split, batch)
+    micro_batches = jax.tree.map(split, batch)  # leaves [M, B / M, ...]
     total = jnp.maximum(_normaliser(cfg, batch), 1.0)
 
-    def body(acc, mb):
-        (loss, metrics), grads = value_and_grad(params, mb)
-        weight = _normaliser(cfg, mb) / total
+    def body(acc, micro_batch):
+        (loss, metrics), grads = value_and_grad(params, micro_batch)
+        weight = _normaliser(cfg, micro_batch) / total
         acc = jax.tree.map(lambda a, g: a + weight * g.astype(jnp.float32), acc, grads)
         return acc, (weight, loss, metrics)
 
     acc0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    grads, (weights, loss_M, metrics_M) = jax.lax.scan(body, acc0, micro)
+    grads, (weights_M, loss_M, metrics_M) = jax.lax.scan(body, acc0, micro_batches)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-    return (jnp.sum(weights * loss_M), _combine_metrics(metrics_M, weights)), grads
+    return (jnp.sum(weights_M * loss_M), _combine_metrics(metrics_M, weights_M)), grads
 
 
 def _combine_metrics(metrics_M: dict, weights_M: jax.Array) -> dict:
@@ -278,12 +279,12 @@ def score_tokens(cfg: decoder.ModelConfig, params, tokens, attention_mask, *, ch
 
     No gradient; runs where params and tokens live (sharded inputs give a sharded computation).
     """
-    hidden, w = _hidden(cfg, params, {"tokens": tokens, "attention_mask": attention_mask})
+    hidden_BTD, w_DV = _hidden(cfg, params, {"tokens": tokens, "attention_mask": attention_mask})
     # No gradient flows, so the backward pass's vocabulary slicing does not matter.
-    lp = kl_chunked.token_logprobs_chunked(
-        hidden, w, tokens[:, 1:], chunk_size=chunk_size, vocab_chunk=0
+    logprobs_BT = kl_chunked.token_logprobs_chunked(
+        hidden_BTD, w_DV, tokens[:, 1:], chunk_size=chunk_size, vocab_chunk=0
     )
-    return jax.lax.stop_gradient(lp)
+    return jax.lax.stop_gradient(logprobs_BT)
 
 
 @functools.partial(jax.jit, static_argnames=("student_cfg", "teacher_cfg", "chunk_size"))
