@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 
 from s2d_jax.data.task import Task, TaskConfig, build_tokenizer, resolve_pool
 from s2d_jax.distributed import placement
+from s2d_jax.distributed import sharding as sh
 from s2d_jax.grading import evaluate, rewards
 from s2d_jax.learn import steps
 from s2d_jax.model import decoder, hf_io
@@ -206,7 +207,7 @@ def load_params(ctx: Context, role: str, ref: str, *, frozen: bool = False):
     cfg = model_config(spec, ctx.task.tokenizer.vocab_size)
     if frozen:
         cfg = dataclasses.replace(cfg, param_dtype=cfg.compute_dtype)
-    shardings = placement.param_shardings(ctx.mesh, cfg)
+    shardings = sh.param_shardings(ctx.mesh, cfg)
     if ref == "base":
         if spec.hf_path:
             return cfg, hf_io.load_hf(spec.hf_path, dtype=cfg.param_dtype, shardings=shardings)[1]
@@ -218,7 +219,7 @@ def load_params(ctx: Context, role: str, ref: str, *, frozen: bool = False):
     if Path(ref).is_dir():
         dtypes = dict(param_dtype=cfg.param_dtype, compute_dtype=cfg.compute_dtype)
         hf_cfg = decoder.ModelConfig.from_hf_config(hf_io.read_hf_config(ref), **dtypes)
-        hf_shardings = placement.param_shardings(ctx.mesh, hf_cfg)
+        hf_shardings = sh.param_shardings(ctx.mesh, hf_cfg)
         return hf_cfg, hf_io.load_hf(ref, dtype=cfg.param_dtype, shardings=hf_shardings)[1]
     raise FileNotFoundError(f"cannot load {ref!r}: {stage_dir}/params does not exist")
 

@@ -78,7 +78,7 @@ def _sample(ctx, cfg, params, prompts, stage_or_eval, seed, num_samples):
         seed=seed,
         num_samples=num_samples,
         mesh=ctx.mesh,
-        data_axis=placement.SAMPLE_DATA_AXIS,
+        data_axis=sh.BATCH_AXES,
     )
     rollout = placement.to_host(rollout)
     lengths = np.asarray(rollout.lengths)
@@ -103,7 +103,7 @@ def grade_own_rows(grader, texts: list[str], references: list[str], answer_style
     n = jax.process_count()
     if n == 1 or len(texts) % n:
         return grader.grade(texts, references, answer_style=answer_style)
-    mine = sh.process_rows(len(texts))
+    mine = placement.process_rows(len(texts))
     rewards_b, stats = grader.grade(texts[mine], references[mine], answer_style=answer_style)
     rewards_B = np.asarray(multihost_utils.process_allgather(rewards_b, tiled=True))
     keys = sorted(k for k in stats if k != "reward/mean")
