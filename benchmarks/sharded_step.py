@@ -126,10 +126,10 @@ def main() -> None:
     )
     for shape in MESHES:
         mesh = sh.make_mesh(sh.MeshConfig(*shape))
-        p_shardings = sh.param_shardings(cfg, mesh, sh.TRAIN_RULES)
+        p_shardings = sh.param_shardings(mesh, cfg)
         abstract = jax.eval_shape(fresh_state)
         s_shardings = sh.shardings_like_params(abstract, decoder.abstract_params(cfg), p_shardings)
-        b_sharding = sh.batch_sharding(mesh)
+        b_sharding = sh.rows_sharding(mesh, args.rows)
         step = steps.jit_train_step(
             step_cfg, cfg, state_sharding=s_shardings, batch_sharding=b_sharding
         )

@@ -1,8 +1,8 @@
 """Multi-host JAX on one machine, and checkpoints that move between mesh shapes.
 
 Two Python processes on 127.0.0.1 (2 fake CPU devices each, gloo collectives) run
-`s2d_jax.tools.multihost_smoke`: a 4-device global mesh, each process loading only its own rows,
-sharded updates, an orbax checkpoint saved and restored by both. The result must equal the same
+`s2d_jax.tools.multihost_smoke`: a 4-device global mesh, each process copying in only its own
+devices' rows, sharded updates, an orbax checkpoint saved and restored by both. The result must equal the same
 `run` on 4 devices of this single process (the reference: one controller, same mesh shape).
 The fast test uses the smoke script's `--quick` step (plain optax SGD on a linear model); the
 slow one runs `steps.train_step` with the GRPO objective (its compile takes ~30 s per process).
@@ -127,7 +127,7 @@ def test_checkpoint_restores_onto_another_mesh_shape(tmp_path):
     def state_shardings(mesh_shape):
         mesh = sh.make_mesh(sh.MeshConfig(*mesh_shape))
         abstract = jax.eval_shape(lambda s: s, host_state)
-        p = sh.param_shardings(cfg, mesh, sh.TRAIN_RULES)
+        p = sh.param_shardings(mesh, cfg)
         return abstract, sh.shardings_like_params(abstract, decoder.abstract_params(cfg), p)
 
     _, saved_shardings = state_shardings((1, 8, 1))

@@ -152,18 +152,18 @@ def test_state_is_sharded_on_the_mesh(runs):
 def test_put_rows_keeps_host_order_and_falls_back_to_whole_rows():
     mesh = sh.make_mesh(sh.MeshConfig(2, 2, 2))
     host = {"tokens": np.arange(8 * 3).reshape(8, 3), "advantages": np.arange(8.0)}
-    placed = sh.put_rows(host, mesh)
+    placed = placement.put_rows(mesh, host)
     assert placed["tokens"].sharding.spec == Spec(("data", "fsdp"))
     # rows 2i, 2i+1 on the i-th (data, fsdp) shard, whole over tensor
     for shard in placed["tokens"].addressable_shards:
         rows = np.arange(8)[shard.index[0]]
         np.testing.assert_array_equal(shard.data, host["tokens"][rows])
-    jax.tree.map(np.testing.assert_array_equal, sh.to_host(placed), host)
+    jax.tree.map(np.testing.assert_array_equal, placement.to_host(placed), host)
     # 2 rows divide data=2 only; 3 rows divide nothing: whole on every device
-    assert sh.put_rows(np.zeros((2, 5)), mesh).sharding.spec == Spec("data")
-    three = sh.put_rows(np.arange(3.0), mesh)
+    assert placement.put_rows(mesh, np.zeros((2, 5))).sharding.spec == Spec("data")
+    three = placement.put_rows(mesh, np.arange(3.0))
     assert three.sharding.spec == Spec(None) and three.is_fully_replicated
-    np.testing.assert_array_equal(sh.to_host(three), np.arange(3.0))
+    np.testing.assert_array_equal(placement.to_host(three), np.arange(3.0))
 
 
 def test_one_device_is_the_unsharded_path_and_a_config_needs_a_mesh():

@@ -307,7 +307,7 @@ def test_rows_over_two_mesh_axes_give_single_device_tokens(family_model):
     if cfg.family != "qwen3":
         pytest.skip("one family suffices: this checks the sampler's sharding, not the model")
     mesh = sh.make_mesh(sh.MeshConfig(2, 2, 2))
-    placed = sh.shard_params(params, sh.param_shardings(cfg, mesh, sh.SAMPLE_RULES))
+    placed = jax.device_put(params, sh.param_shardings(mesh, cfg, sh.SAMPLE_RULES))
     prompts = _random_prompts([5, 11, 8, 1, 3, 16], cfg.vocab_size, seed=13)
     axes = ("data", "fsdp")
     state = sampler.prefill(

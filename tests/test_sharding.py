@@ -72,6 +72,15 @@ def _spec_to_json(spec):
     return [list(e) if isinstance(e, tuple) else e for e in spec]
 
 
+def _bytes_per_device(tree) -> dict[int, int]:
+    """{device id: bytes of `tree`'s shards held there}."""
+    totals: dict[int, int] = {}
+    for leaf in jax.tree.leaves(tree):
+        for shard in leaf.addressable_shards:
+            totals[shard.device.id] = totals.get(shard.device.id, 0) + shard.data.nbytes
+    return totals
+
+
 # ----------------------------------------------------------------------------- meshes
 
 
@@ -119,37 +128,43 @@ def test_logical_to_spec_drops_axes_that_do_not_fit():
     mesh = sh.make_mesh(sh.MeshConfig(data=1, fsdp=2, tensor=4))
     rules = sh.TRAIN_RULES
     # n_kv_heads=2 on tensor=4: replicated; heads=8 split.
-    assert sh.logical_to_spec(("embed", "kv_heads"), rules, mesh, (16, 2)) == Spec("fsdp", None)
-    assert sh.logical_to_spec(("embed", "heads"), rules, mesh, (16, 8)) == Spec("fsdp", "tensor")
+    assert sh.logical_to_spec(mesh, ("embed", "kv_heads"), rules, (16, 2)) == Spec("fsdp", None)
+    assert sh.logical_to_spec(mesh, ("embed", "heads"), rules, (16, 8)) == Spec("fsdp", "tensor")
     # A mesh axis already used by an earlier dimension is not used twice.
-    assert sh.logical_to_spec(("heads", "mlp"), rules, mesh, (8, 8)) == Spec("tensor", None)
+    assert sh.logical_to_spec(mesh, ("heads", "mlp"), rules, (8, 8)) == Spec("tensor", None)
     # Without a shape only the reuse rule applies.
-    assert sh.logical_to_spec(("act_batch", None), rules, mesh) == Spec(("data", "fsdp"), None)
+    assert sh.logical_to_spec(mesh, ("act_batch", None), rules) == Spec(("data", "fsdp"), None)
     mesh222 = sh.make_mesh(sh.MeshConfig(2, 2, 2))
     # A batch of 2 rows fits data=2 but not data x fsdp = 4: the leading part is kept.
-    assert sh.logical_to_spec(("act_batch",), rules, mesh222, (2,)) == Spec("data")
-    assert sh.logical_to_spec(("act_batch",), rules, mesh222, (4,)) == Spec(("data", "fsdp"))
-    assert sh.logical_to_spec(("act_batch",), rules, mesh222, (3,)) == Spec(None)
+    assert sh.logical_to_spec(mesh222, ("act_batch",), rules, (2,)) == Spec("data")
+    assert sh.logical_to_spec(mesh222, ("act_batch",), rules, (4,)) == Spec(("data", "fsdp"))
+    assert sh.logical_to_spec(mesh222, ("act_batch",), rules, (3,)) == Spec(None)
 
 
 def test_logical_to_spec_errors():
     mesh = sh.make_mesh(sh.MeshConfig(2, 2, 2))
     with pytest.raises(KeyError, match="'bogus' has no rule"):
-        sh.logical_to_spec(("bogus",), sh.TRAIN_RULES, mesh)
+        sh.logical_to_spec(mesh, ("bogus",), sh.TRAIN_RULES)
     with pytest.raises(KeyError, match="mesh axis 'pipe'"):
-        sh.logical_to_spec(("embed",), (("embed", "pipe"),), mesh)
+        sh.logical_to_spec(mesh, ("embed",), (("embed", "pipe"),))
     with pytest.raises(ValueError, match="rank"):
-        sh.logical_to_spec(("embed",), sh.TRAIN_RULES, mesh, (4, 4))
+        sh.logical_to_spec(mesh, ("embed",), sh.TRAIN_RULES, (4, 4))
 
 
 def test_sample_rules_keep_weights_whole_over_fsdp(toy):
     cfg, _ = toy
     mesh = sh.make_mesh(sh.MeshConfig(2, 2, 2))
-    specs = sh.param_specs(cfg, mesh, sh.SAMPLE_RULES)
+    specs = sh.param_specs(mesh, cfg, sh.SAMPLE_RULES)
     for spec in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, Spec)):
         assert "fsdp" not in jax.tree.leaves(tuple(spec))
     assert specs["layers"]["wq"] == Spec(None, None, "tensor", None)
     assert dict(sh.SAMPLE_RULES)["act_batch"] == ("data", "fsdp")
+
+
+def test_param_shardings_without_a_mesh_are_none(toy):
+    """None is what `hf_io.load_hf` and `checkpoints.load_exported_params` take for unsharded."""
+    cfg, _ = toy
+    assert sh.param_shardings(None, cfg) is None
 
 
 def test_golden_partition_specs(toy):
@@ -157,10 +172,10 @@ def test_golden_partition_specs(toy):
     cfg, _ = toy
     mesh = sh.make_mesh(sh.MeshConfig(2, 2, 2))
     flat = jax.tree_util.tree_flatten_with_path(
-        sh.param_specs(cfg, mesh, sh.TRAIN_RULES), is_leaf=lambda x: isinstance(x, Spec)
+        sh.param_specs(mesh, cfg, sh.TRAIN_RULES), is_leaf=lambda x: isinstance(x, Spec)
     )[0]
     table = {"/".join(k.key for k in path): _spec_to_json(spec) for path, spec in flat}
-    cache = sh.cache_shardings(cfg, mesh, sh.TRAIN_RULES, batch=8, max_len=32)
+    cache = sh.cache_shardings(mesh, cfg, batch=8, max_len=32, rules=sh.TRAIN_RULES)
     table["cache/k"] = _spec_to_json(cache[0]["k"].spec)
     if os.environ.get("S2D_REGEN_GOLDEN"):
         GOLDEN.parent.mkdir(exist_ok=True)
@@ -187,8 +202,8 @@ def test_per_device_bytes_shrink_as_promised(toy):
     got = {}
     for shape in MESHES:
         mesh = sh.make_mesh(sh.MeshConfig(*shape))
-        placed = sh.shard_params(params, sh.param_shardings(cfg, mesh, sh.TRAIN_RULES))
-        per_device = sh.bytes_per_device(placed)
+        placed = jax.device_put(params, sh.param_shardings(mesh, cfg, sh.TRAIN_RULES))
+        per_device = _bytes_per_device(placed)
         assert len(per_device) == 8 and len(set(per_device.values())) == 1, per_device
         got[shape] = per_device[0]
     assert got[(8, 1, 1)] == full  # pure data parallelism: a full copy everywhere
@@ -196,36 +211,28 @@ def test_per_device_bytes_shrink_as_promised(toy):
     assert got[(2, 2, 2)] == expect_222 < full / 3
 
 
-def test_init_sharded_places_state_and_opt_state_mirrors_params(toy):
+def test_init_state_places_state_and_opt_state_mirrors_params(toy):
     cfg, params = toy
     mesh = sh.make_mesh(sh.MeshConfig(2, 2, 2))
-    shardings = sh.param_shardings(cfg, mesh, sh.TRAIN_RULES)
-    optimizer = optax.adamw(1e-3)
-
-    def init(p):
-        return {"params": p, "opt_state": optimizer.init(p), "step": jnp.zeros((), jnp.int32)}
-
-    def shardings_of(abstract):
-        return sh.shardings_like_params(abstract, decoder.abstract_params(cfg), shardings)
-
-    state, state_shardings = sh.init_sharded(init, shardings_of, params)
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["params"]), params)
-    adam = state["opt_state"][0]
-    for tree in (state["params"], adam.mu, adam.nu):
+    state = placement.init_state(mesh, cfg, records.optimizer_config(lr=1e-3), params, 0)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params)
+    is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
+    [adam] = [x for x in jax.tree.leaves(state.opt_state, is_leaf=is_adam) if is_adam(x)]
+    for tree in (state.params, adam.mu, adam.nu):
         assert tree["layers"]["wq"].sharding.spec == Spec(None, "fsdp", "tensor", None)
         assert tree["embed"].sharding.spec == Spec("tensor", "fsdp")
         assert tree["layers"]["attn_norm"].sharding.spec == Spec(None, None)
     assert not np.any(jax.device_get(adam.mu["lm_head"]))
     assert adam.count.sharding.spec == Spec()
-    assert state["step"].sharding.spec == Spec()
-    assert state_shardings["params"]["lm_head"].spec == Spec("fsdp", "tensor")
+    assert state.step.sharding.spec == Spec()
+    assert state.params["lm_head"].sharding.spec == Spec("fsdp", "tensor")
 
 
 def test_shardings_like_params_matches_by_path_and_shape(toy):
     """A leaf that ends with a param's path but has another shape (factored stats) is replicated."""
     cfg, _ = toy
     mesh = sh.make_mesh(sh.MeshConfig(2, 2, 2))
-    shardings = sh.param_shardings(cfg, mesh, sh.TRAIN_RULES)
+    shardings = sh.param_shardings(mesh, cfg, sh.TRAIN_RULES)
     abstract = decoder.abstract_params(cfg)
     wq = abstract["layers"]["wq"]
     tree = {
@@ -239,13 +246,15 @@ def test_shardings_like_params_matches_by_path_and_shape(toy):
     assert got["count"].spec == Spec()
 
 
-def test_load_hf_sharded_places_each_tensor(tmp_path, toy):
+def test_load_hf_places_each_tensor_on_its_shard(tmp_path, toy):
+    """As `pipeline.load_params` reads an HF checkpoint onto the mesh."""
     cfg, params = toy
     hf_io.save_hf(tmp_path, cfg, params)
     mesh = sh.make_mesh(sh.MeshConfig(1, 4, 2))
-    cfg2, loaded = sh.load_hf_sharded(tmp_path, mesh, sh.TRAIN_RULES)
+    hf_cfg = decoder.ModelConfig.from_hf_config(hf_io.read_hf_config(tmp_path))
+    expected = sh.param_shardings(mesh, hf_cfg, sh.TRAIN_RULES)
+    cfg2, loaded = hf_io.load_hf(tmp_path, shardings=expected)
     assert cfg2.n_layers == cfg.n_layers
-    expected = sh.param_shardings(cfg2, mesh, sh.TRAIN_RULES)
     for array, sharding in zip(jax.tree.leaves(loaded), jax.tree.leaves(expected), strict=True):
         assert array.sharding.is_equivalent_to(sharding, array.ndim), (array.sharding, sharding)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded), params)
@@ -267,15 +276,15 @@ def test_sharded_forward_and_grad_equal_one_device(toy, one_device_reference, sh
     cfg, params = toy
     tokens, mask = _batch(cfg)
     mesh = sh.make_mesh(sh.MeshConfig(*shape))
-    p_shard = sh.param_shardings(cfg, mesh, sh.TRAIN_RULES)
-    b_shard = sh.batch_sharding(mesh)
+    p_shard = sh.param_shardings(mesh, cfg, sh.TRAIN_RULES)
+    b_shard = sh.rows_sharding(mesh, len(tokens))
     logits_sharding = NamedSharding(mesh, Spec(sh.BATCH_AXES, None, "tensor"))
     step = jax.jit(
         lambda p, t, m: _grad_and_logits(cfg, p, t, m),
         in_shardings=(p_shard, b_shard, b_shard),
         out_shardings=(p_shard, logits_sharding),
     )
-    grads, logits = step(sh.shard_params(params, p_shard), *jax.device_put((tokens, mask), b_shard))
+    grads, logits = step(jax.device_put(params, p_shard), *placement.put_rows(mesh, (tokens, mask)))
     ref_grads, ref_logits = one_device_reference
     assert len(logits.sharding.device_set) == 8
     np.testing.assert_allclose(jax.device_get(logits), ref_logits, atol=1e-5, rtol=1e-5)
@@ -316,15 +325,15 @@ def test_sharded_greedy_sampling_equals_one_device(toy, one_device_greedy, shape
     per-layer weights on SAMPLE_RULES shardings, equal to the stacked slices."""
     cfg, params = toy
     mesh = sh.make_mesh(sh.MeshConfig(*shape))
-    placed = sh.shard_params(params, sh.param_shardings(cfg, mesh, sh.TRAIN_RULES))
+    placed = jax.device_put(params, sh.param_shardings(mesh, cfg, sh.TRAIN_RULES))
     sampling = placement.sampling_params(mesh, cfg, placed)
-    stacked_specs = sh.param_specs(cfg, mesh, sh.SAMPLE_RULES)["layers"]
+    stacked_specs = sh.param_specs(mesh, cfg, sh.SAMPLE_RULES)["layers"]
     assert isinstance(sampling["layers"], tuple) and len(sampling["layers"]) == cfg.n_layers
     for i, layer in enumerate(sampling["layers"]):
         for name, w in layer.items():
             assert w.sharding.spec == Spec(*stacked_specs[name][1:]), name
             np.testing.assert_array_equal(jax.device_get(w), params["layers"][name][i])
-    assert sampling["embed"].sharding.spec == sh.param_specs(cfg, mesh, sh.SAMPLE_RULES)["embed"]
+    assert sampling["embed"].sharding.spec == sh.param_specs(mesh, cfg, sh.SAMPLE_RULES)["embed"]
     out = _greedy(cfg, sampling, mesh)
     np.testing.assert_array_equal(jax.device_get(out.tokens), one_device_greedy.tokens)
     np.testing.assert_allclose(
@@ -370,13 +379,13 @@ def test_sharded_train_step_equals_one_device(toy, one_device_train, shape):
     cfg, params = toy
     step_cfg, state, batch = _grpo_setup(cfg, params)
     mesh = sh.make_mesh(sh.MeshConfig(*shape))
-    p_shardings = sh.param_shardings(cfg, mesh, sh.TRAIN_RULES)
+    p_shardings = sh.param_shardings(mesh, cfg, sh.TRAIN_RULES)
     s_shardings = sh.shardings_like_params(state, decoder.abstract_params(cfg), p_shardings)
     step = steps.jit_train_step(
-        step_cfg, cfg, state_sharding=s_shardings, batch_sharding=sh.batch_sharding(mesh)
+        step_cfg, cfg, state_sharding=s_shardings, batch_sharding=sh.rows_sharding(mesh, 8)
     )
     state = jax.device_put(state, s_shardings)
-    batch = jax.device_put(batch, sh.batch_sharding(mesh))
+    batch = placement.put_rows(mesh, batch)
     new_state, losses = _two_steps(step, state, batch)
     ref_state, ref_losses = one_device_train
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)

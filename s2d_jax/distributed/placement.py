@@ -1,15 +1,19 @@
 """Where a pipeline stage's arrays live: the mesh of `config.mesh`, and params, train state,
-batches and sampler weights placed on it.
+batches and sampler weights put on it (and copied back to the host).
 
-    mesh = placement.build_mesh(mesh_cfg)                        # None on a single device
+    mesh = placement.build_mesh(mesh_cfg)                         # None on a single device
     params = placement.init_params(mesh, cfg, key)                # built on its shards
     state = placement.init_state(mesh, cfg, opt_cfg, params, seed)
     update = placement.jit_update(mesh, step_cfg, cfg, state, teacher_cfg, teacher_params)
+    state, metrics = update(state, host_batch)                    # {"tokens": [B, T], ...}
+    tokens_BT, mask_BT = placement.put_rows(mesh, (tokens_BT, mask_BT))
+    logprobs = placement.to_host(steps.score_tokens(cfg, params, tokens_BT, mask_BT))
 
-`mesh` None is the unsharded path (one device): every function here then does exactly what the
-pipeline did before meshes existed, so one-device numbers do not change. With a mesh, params and
-the AdamW state follow `sharding.TRAIN_RULES`, batches are split by rows (`sharding.put_rows`),
-and the sampler gets `SAMPLE_RULES` weights.
+`mesh` None is the unsharded path (one device): every function then runs the plain code with no
+shardings at all, so one-device numbers are those of `decoder` and `steps` alone. With a mesh,
+params and the AdamW state follow `sharding.TRAIN_RULES`, batches are split by rows
+(`sharding.rows_sharding`) and the sampler gets `SAMPLE_RULES` weights; which mesh axes split
+what is decided in `sharding.py`, this module only moves arrays.
 """
 
 from __future__ import annotations
@@ -18,23 +22,19 @@ import functools
 from collections.abc import Sequence
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from s2d_jax.distributed import sharding as sh
 from s2d_jax.learn import optimizer, steps
 from s2d_jax.model import cached_forward, decoder
 
-# The mesh axes the sampler splits its rows over: a train batch's, so fsdp shards sample other
-# rows instead of repeating the data shards' work.
-SAMPLE_DATA_AXIS = sh.BATCH_AXES
 
-
-def build_mesh(mesh_cfg: sh.MeshConfig | None, devices: Sequence | None = None) -> Mesh | None:
+def build_mesh(mesh_cfg: sh.MeshConfig, devices: Sequence | None = None) -> Mesh | None:
     """The ("data", "fsdp", "tensor") mesh over `devices` (default all of every process), or None
-    (nothing sharded: the plain one-device path) when it would hold a single device or the
-    config has no mesh. Sizes that do not fit the device count raise, naming the axis."""
-    if mesh_cfg is None:
-        return None
+    (nothing sharded: the plain one-device path) when it would hold a single device. Sizes that
+    do not fit the device count raise, naming the axis."""
     devices = list(jax.devices() if devices is None else devices)
     mesh_cfg.shape(len(devices))
     if len(devices) == 1:
@@ -42,22 +42,17 @@ def build_mesh(mesh_cfg: sh.MeshConfig | None, devices: Sequence | None = None) 
     return sh.make_mesh(mesh_cfg, devices)
 
 
-def param_shardings(mesh: Mesh | None, cfg: decoder.ModelConfig, rules=sh.TRAIN_RULES):
-    """NamedShardings like the params, or None without a mesh."""
-    return None if mesh is None else sh.param_shardings(cfg, mesh, rules)
-
-
 def init_params(mesh: Mesh | None, cfg: decoder.ModelConfig, key: jax.Array):
     """`decoder.init_params`, each shard created on its own device (jit with out_shardings)."""
     if mesh is None:
         return decoder.init_params(cfg, key)
     init = jax.jit(
-        functools.partial(decoder.init_params, cfg), out_shardings=param_shardings(mesh, cfg)
+        functools.partial(decoder.init_params, cfg), out_shardings=sh.param_shardings(mesh, cfg)
     )
     return init(key)
 
 
-def init_state(mesh: Mesh | None, cfg, opt_cfg: optimizer.OptimizerConfig, params, seed: int):
+def init_state(mesh: Mesh | None, cfg: decoder.ModelConfig, opt_cfg: optimizer.OptimizerConfig, params, seed: int):
     """`steps.init_train_state`; with a mesh the AdamW moments take their parameter's sharding
     and everything else (step, RNG key, counters) is replicated."""
     if mesh is None:
@@ -71,7 +66,7 @@ def init_state(mesh: Mesh | None, cfg, opt_cfg: optimizer.OptimizerConfig, param
 
     abstract = jax.eval_shape(init, params)
     shardings = sh.shardings_like_params(
-        abstract, decoder.abstract_params(cfg), param_shardings(mesh, cfg)
+        abstract, decoder.abstract_params(cfg), sh.param_shardings(mesh, cfg)
     )
     return jax.jit(init, out_shardings=shardings)(params)
 
@@ -112,7 +107,7 @@ def jit_update(
                 batch_sharding=sh.rows_sharding(mesh, rows),
                 teacher_sharding=teacher_sharding,
             )
-        batch = sh.put_rows(batch, mesh)
+        batch = put_rows(mesh, batch)
         if takes_teacher:
             return compiled[rows](state, teacher_params, batch)
         return compiled[rows](state, batch)
@@ -121,13 +116,40 @@ def jit_update(
 
 
 def put_rows(mesh: Mesh | None, host_tree):
-    """A host batch split by rows over the mesh (unchanged without one)."""
-    return host_tree if mesh is None else sh.put_rows(host_tree, mesh)
+    """Host arrays [B, ...] of a whole batch, the same on every process -> global arrays split
+    by rows (`sharding.rows_sharding`); unchanged without a mesh. Each process transfers only the
+    rows its own devices hold, and the global row order is the host order whatever the device
+    layout."""
+    if mesh is None:
+        return host_tree
+
+    def put(x):
+        x = np.asarray(x)
+        sharding = sh.rows_sharding(mesh, x.shape[0])
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(put, host_tree)
 
 
 def to_host(tree):
-    """NumPy arrays on every process (gathered across processes where needed)."""
-    return sh.to_host(tree)
+    """NumPy copies of a tree's arrays; an array spanning processes is gathered to every process
+    (a collective: all processes must call it)."""
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(get, tree)
+
+
+def process_rows(global_rows: int) -> slice:
+    """The slice of a global batch's rows that this process handles (contiguous, equal parts)."""
+    n, i = jax.process_count(), jax.process_index()
+    if global_rows % n:
+        raise ValueError(f"global batch of {global_rows} rows does not split over {n} processes")
+    per = global_rows // n
+    return slice(i * per, (i + 1) * per)
 
 
 def sampling_params(mesh: Mesh | None, cfg: decoder.ModelConfig, params):
@@ -143,6 +165,6 @@ def sampling_params(mesh: Mesh | None, cfg: decoder.ModelConfig, params):
 
 @functools.cache
 def _unstack_to_sampling_layout(mesh: Mesh, cfg: decoder.ModelConfig):
-    shardings = sh.per_layer_shardings(param_shardings(mesh, cfg, sh.SAMPLE_RULES), cfg.n_layers)
+    shardings = sh.per_layer_shardings(sh.param_shardings(mesh, cfg, sh.SAMPLE_RULES), cfg.n_layers)
     unstack = functools.partial(cached_forward.unstack_layers, dtype=cfg.compute_dtype)
     return jax.jit(unstack, out_shardings=shardings)

@@ -1,33 +1,33 @@
-"""Device mesh, logical-axis rules, and the helpers that place params, optimizer state and batches.
+"""The device mesh and the logical-axis rules: which mesh axes split each dimension of an array.
 
-The model names the axes of every array (`decoder.param_axes`, `cached_forward.cache_axes`); a rules table
-maps those logical names to the mesh axes `data`, `fsdp` and `tensor`. Training and sampling use
-different tables (sampling keeps whole weights on each FSDP shard: no all-gather per token).
+The model names the axes of every array (`decoder.param_axes`, `cached_forward.cache_axes`); a
+rules table maps those logical names to the mesh axes `data`, `fsdp` and `tensor`. Training and
+sampling use different tables (sampling keeps whole weights on each FSDP shard: no all-gather per
+token). Everything here computes specs and shardings; putting arrays on them is `placement.py`.
 
-    mesh = make_mesh(MeshConfig(data=1, fsdp=-1, tensor=1))       # -1: the rest of the devices
-    shardings = param_shardings(cfg, mesh, TRAIN_RULES)
-    params, _ = init_sharded(lambda k: decoder.init_params(cfg, k), lambda _: shardings, key)
-    cfg, params = load_hf_sharded("/ckpt/Qwen3-8B", mesh, TRAIN_RULES)   # placed as it is read
-    tokens = jax.device_put(tokens_BT, batch_sharding(mesh))            # rows over data x fsdp
+    mesh = make_mesh(MeshConfig(data=1, fsdp=-1, tensor=1))   # -1: the rest of the devices
+    shardings = param_shardings(mesh, cfg)                    # a tree like the params, TRAIN_RULES
+    specs = param_specs(mesh, cfg, SAMPLE_RULES)              # PartitionSpecs, whole over fsdp
+    rows = rows_sharding(mesh, 8)                             # [8, ...] split over data x fsdp
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
-import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as Spec
 
-from s2d_jax.model import decoder, hf_io
+from s2d_jax.model import cached_forward, decoder
 
 AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")  # rows of a batch are split over both: FSDP is data parallelism too
+# Rows of a batch are split over both (FSDP is data parallelism too). The sampler splits its rows
+# the same way, so fsdp shards sample other rows instead of repeating the data shards' work.
+BATCH_AXES = ("data", "fsdp")
 
 MeshAxis = str | tuple[str, ...] | None
 Rules = tuple[tuple[str, MeshAxis], ...]
@@ -122,7 +122,10 @@ def _mesh_axes(rules: Rules, name: str) -> tuple[str, ...]:
 
 
 def logical_to_spec(
-    axes: Sequence[str | None], rules: Rules, mesh: Mesh, shape: Sequence[int] | None = None
+    mesh: Mesh,
+    axes: Sequence[str | None],
+    rules: Rules = TRAIN_RULES,
+    shape: Sequence[int] | None = None,
 ) -> Spec:
     """The PartitionSpec of an array whose dimensions carry the logical names `axes`.
 
@@ -153,18 +156,23 @@ def logical_to_spec(
     return Spec(*entries)
 
 
-def param_specs(cfg: decoder.ModelConfig, mesh: Mesh, rules: Rules) -> dict[str, Any]:
+def param_specs(mesh: Mesh, cfg: decoder.ModelConfig, rules: Rules = TRAIN_RULES) -> dict[str, Any]:
     """A tree like the params of PartitionSpecs (divisibility checked against the real shapes)."""
     return jax.tree.map(
-        lambda leaf: logical_to_spec(leaf[1], rules, mesh, leaf[0]),
+        lambda leaf: logical_to_spec(mesh, leaf[1], rules, leaf[0]),
         decoder.param_shapes(cfg),
         is_leaf=_is_shape_axes,
     )
 
 
-def param_shardings(cfg: decoder.ModelConfig, mesh: Mesh, rules: Rules) -> dict[str, Any]:
-    """A tree like the params of NamedShardings on `mesh` under `rules`."""
-    specs = param_specs(cfg, mesh, rules)
+def param_shardings(
+    mesh: Mesh | None, cfg: decoder.ModelConfig, rules: Rules = TRAIN_RULES
+) -> dict[str, Any] | None:
+    """A tree like the params of NamedShardings on `mesh` under `rules`; None without a mesh
+    (what `hf_io.load_hf` and `checkpoints.load_exported_params` take for "unsharded")."""
+    if mesh is None:
+        return None
+    specs = param_specs(mesh, cfg, rules)
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec)
 
 
@@ -179,17 +187,13 @@ def per_layer_shardings(shardings: dict[str, Any], n_layers: int) -> dict[str, A
 
 
 def cache_shardings(
-    cfg: decoder.ModelConfig, mesh: Mesh, rules: Rules, batch: int, max_len: int
+    mesh: Mesh, cfg: decoder.ModelConfig, batch: int, max_len: int, rules: Rules = TRAIN_RULES
 ) -> tuple[dict[str, Any], ...]:
     """Shardings of `cached_forward.init_cache(cfg, batch, max_len)`: per layer, [B, K, S, Dh]
     leaves named by `cached_forward.cache_axes`."""
-    from s2d_jax.model import (
-        cached_forward,  # it imports model; this module's users need not load it
-    )
-
     shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
     return jax.tree.map(
-        lambda axes: NamedSharding(mesh, logical_to_spec(axes, rules, mesh, shape)),
+        lambda axes: NamedSharding(mesh, logical_to_spec(mesh, axes, rules, shape)),
         cached_forward.cache_axes(cfg),
         is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, str) for a in x),
     )
@@ -203,93 +207,16 @@ def _is_spec(x) -> bool:
     return isinstance(x, Spec)
 
 
-# ----------------------------------------------------------------------------- placement
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
     """A full copy on every device (scalars, step counters, RNG keys)."""
     return NamedSharding(mesh, Spec())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (row) dimension split over data x fsdp, other dimensions whole; any rank.
-
-    The row count must be divisible by data * fsdp.
-    """
-    return NamedSharding(mesh, Spec(BATCH_AXES))
-
-
 def rows_sharding(mesh: Mesh, rows: int) -> NamedSharding:
     """Leading dimension of `rows` over data x fsdp, or over the leading part of it that divides
-    `rows` (replicated when none does, as `logical_to_spec` drops axes that do not fit)."""
-    return NamedSharding(mesh, logical_to_spec(("act_batch",), TRAIN_RULES, mesh, (rows,)))
-
-
-def put_rows(host_tree, mesh: Mesh):
-    """Host arrays [B, ...] of a whole batch, the same on every process -> global arrays split
-    by rows (`rows_sharding`). Each process transfers only the rows its own devices hold, and the
-    global row order is the host order whatever the device layout (unlike `global_batch`)."""
-
-    def put(x):
-        x = np.asarray(x)
-        sharding = rows_sharding(mesh, x.shape[0])
-        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-    return jax.tree.map(put, host_tree)
-
-
-def to_host(tree):
-    """NumPy copies of a tree's arrays; an array spanning processes is gathered to every process
-    (a collective: all processes must call it)."""
-
-    def get(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        return np.asarray(x)
-
-    return jax.tree.map(get, tree)
-
-
-def shard_params(params, shardings):
-    """Move a params tree (host or device arrays) onto `shardings` (same tree structure)."""
-    return jax.device_put(params, shardings)
-
-
-def global_batch(local_batch, mesh: Mesh):
-    """Arrays of the global batch from this process's rows (multi-host data loading).
-
-    Each process passes only its own rows ([B / process_count, ...] each, e.g. the rows
-    `process_rows(B)` of a batch that is a function of the step); the result is one global
-    array per leaf sharded with `batch_sharding(mesh)`, and one process gives a device_put.
-    A process's rows land on its own devices, so where its devices are not contiguous in the
-    mesh the global row order is a permutation of the concatenated local rows (row-wise losses
-    do not care; keep a GRPO group within one process).
-    """
-    sharding = batch_sharding(mesh)
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
-    )
-
-
-def process_rows(global_rows: int) -> slice:
-    """The slice of a global batch's rows that this process loads (contiguous, equal parts)."""
-    n, i = jax.process_count(), jax.process_index()
-    if global_rows % n:
-        raise ValueError(f"global batch of {global_rows} rows does not split over {n} processes")
-    per = global_rows // n
-    return slice(i * per, (i + 1) * per)
-
-
-def init_sharded(init_fn: Callable, shardings_of: Callable, *args):
-    """Create a pytree directly in its sharded layout; returns (tree, shardings).
-
-    `jax.eval_shape(init_fn, *args)` gives the shapes without memory, `shardings_of(abstract)`
-    the target shardings, and `jit(init_fn, out_shardings=...)` builds each shard on its own
-    device: no device ever holds the whole unsharded tree.
-    """
-    abstract = jax.eval_shape(init_fn, *args)
-    shardings = shardings_of(abstract)
-    return jax.jit(init_fn, out_shardings=shardings)(*args), shardings
+    `rows` (replicated when none does, as `logical_to_spec` drops axes that do not fit); other
+    dimensions whole, any rank."""
+    return NamedSharding(mesh, logical_to_spec(mesh, ("act_batch",), TRAIN_RULES, (rows,)))
 
 
 def shardings_like_params(abstract_tree, abstract_params, param_shardings_tree):
@@ -321,19 +248,3 @@ def shardings_like_params(abstract_tree, abstract_params, param_shardings_tree):
         return replicated(mesh)
 
     return jax.tree_util.tree_map_with_path(pick, abstract_tree)
-
-
-def load_hf_sharded(path, mesh: Mesh, rules: Rules, dtype="float32", **config_overrides):
-    """`hf_io.load_hf` with every tensor placed on its shard as it is read: (cfg, params)."""
-    cfg = decoder.ModelConfig.from_hf_config(hf_io.read_hf_config(path), **config_overrides)
-    shardings = param_shardings(cfg, mesh, rules)
-    return hf_io.load_hf(path, dtype=dtype, shardings=shardings, **config_overrides)
-
-
-def bytes_per_device(tree) -> dict[int, int]:
-    """{device id: bytes of `tree`'s shards held there} (addressable devices of this process)."""
-    totals: dict[int, int] = {}
-    for leaf in jax.tree.leaves(tree):
-        for shard in leaf.addressable_shards:
-            totals[shard.device.id] = totals.get(shard.device.id, 0) + shard.data.nbytes
-    return totals

@@ -92,7 +92,7 @@ def train_step_memory(model_cfg, mesh, *, batch: int, seq: int, step_cfg, teache
     from s2d_jax.model import decoder
 
     abstract_params = decoder.abstract_params(model_cfg)
-    p_shardings = sh.param_shardings(model_cfg, mesh, sh.TRAIN_RULES)
+    p_shardings = sh.param_shardings(mesh, model_cfg)
     state = jax.eval_shape(
         lambda p: steps.init_train_state(model_cfg, step_cfg.optimizer, p, jax.random.key(0)),
         abstract_params,
@@ -107,14 +107,14 @@ def train_step_memory(model_cfg, mesh, *, batch: int, seq: int, step_cfg, teache
         "ref_logprobs": ((B, T - 1), jnp.float32),
         "advantages": ((B,), jnp.float32),
     }
-    batch_sharding = sh.batch_sharding(mesh)
+    batch_sharding = sh.rows_sharding(mesh, B)  # as `placement.jit_update` shards the rows
     abstract_batch = {
         k: jax.ShapeDtypeStruct(*shapes[k], sharding=batch_sharding) for k in step_cfg.batch_keys()
     }
     args = [_abstract(state, state_shardings)]
     kwargs = dict(state_sharding=state_shardings, batch_sharding=batch_sharding)
     if teacher_cfg is not None:
-        t_shardings = sh.param_shardings(teacher_cfg, mesh, sh.TRAIN_RULES)
+        t_shardings = sh.param_shardings(mesh, teacher_cfg)
         args.append(_abstract(decoder.abstract_params(teacher_cfg), t_shardings))
         kwargs["teacher_sharding"] = t_shardings
     args.append(abstract_batch)
@@ -140,21 +140,21 @@ def sampler_memory(model_cfg, mesh, *, batch: int, prompt_len: int, cache_len: i
     from s2d_jax.model import cached_forward, decoder
 
     rules = sh.SAMPLE_RULES
-    p_shardings = sh.param_shardings(model_cfg, mesh, rules)
+    p_shardings = sh.param_shardings(mesh, model_cfg, rules)
     unstack = functools.partial(cached_forward.unstack_layers, dtype=model_cfg.compute_dtype)
     params = _abstract(
         jax.eval_shape(unstack, decoder.abstract_params(model_cfg)),
         sh.per_layer_shardings(p_shardings, model_cfg.n_layers),
     )
-    c_shardings = sh.cache_shardings(model_cfg, mesh, rules, batch, cache_len)
+    c_shardings = sh.cache_shardings(mesh, model_cfg, batch, cache_len, rules)
     cache = _abstract(
         jax.eval_shape(lambda: cached_forward.init_cache(model_cfg, batch, cache_len)),
         c_shardings,
     )
-    rows = NamedSharding(mesh, sh.logical_to_spec(("act_batch",), rules, mesh, (batch,)))
+    rows = NamedSharding(mesh, sh.logical_to_spec(mesh, ("act_batch",), rules, (batch,)))
     index = jax.ShapeDtypeStruct((), jnp.int32, sharding=sh.replicated(mesh))
     kv_mask = jax.ShapeDtypeStruct((batch, cache_len), jnp.bool_, sharding=rows)
-    vocab = sh.logical_to_spec(("act_vocab",), rules, mesh, (model_cfg.vocab_size,))[0]
+    vocab = sh.logical_to_spec(mesh, ("act_vocab",), rules, (model_cfg.vocab_size,))[0]
     logits_sharding = NamedSharding(mesh, Spec(rows.spec[0], None, vocab))
 
     def prefill(params, tokens, positions, cache, index, kv_mask):

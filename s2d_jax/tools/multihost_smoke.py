@@ -8,19 +8,21 @@ Two processes on one machine, two fake CPU devices each, one 4-device global mes
           --num_processes 2 --process_id $i --workdir /tmp/smoke &
     done; wait; cat /tmp/smoke/result.json
 
-It exercises what a pod slice does: `jax.distributed.initialize`, each process building only its
-own rows of the batch (`sharding.process_rows` + `sharding.global_batch`), frozen-model scoring
-and `steps.train_step` (objective "grpo") jitted with explicit shardings over the global mesh,
-an orbax checkpoint written and read back by all processes together (`checkpoints.py`), and
-process 0 alone writing the result. `tests/test_multihost.py` runs it and compares the losses
-with the same `run` on 4 devices of a single process. `--quick` swaps the GRPO step (whose
-compile takes ~30 s on two busy CPU cores) for a plain optax SGD step of a linear softmax model:
-the same distributed plumbing (global batch, sharded jit, orbax save/restore), compiled in ~1 s.
+It exercises what a pod slice does: `jax.distributed.initialize`, each process copying in only its
+own devices' rows of the batch (`placement.put_rows`), frozen-model scoring gathered to every
+process (`placement.to_host`) and the pipeline's GRPO update (`placement.init_state` +
+`placement.jit_update`) over the global mesh, an orbax checkpoint written and read back by all
+processes together (`checkpoints.py`), and process 0 alone writing the result.
+`tests/test_multihost.py` runs it and compares the losses with the same `run` on 4 devices of a
+single process. `--quick` swaps the GRPO step (whose compile takes ~30 s on two busy CPU cores) for
+a plain optax SGD step of a linear softmax model: the same distributed plumbing (rows put on the
+mesh, sharded jit, orbax save/restore), compiled in ~1 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding
 
+from s2d_jax.distributed import placement
 from s2d_jax.distributed import sharding as sh
 from s2d_jax.learn import objectives, optimizer, steps
 from s2d_jax.model import decoder
@@ -88,7 +91,12 @@ GRPO = objectives.GrpoConfig(
 
 
 def _grpo(mesh: jax.sharding.Mesh):
-    """(state, its shardings, step function) for GRPO updates of the toy model (learn/steps.py)."""
+    """(state, step function) for GRPO updates of the toy model, placed as the pipeline places them.
+
+    The step function takes a host batch: the rollout policy's log-probs are scored on the mesh
+    and gathered back, as a GRPO stage's batch maker does, then `placement.jit_update` puts the
+    rows on the mesh.
+    """
     cfg = toy_config()
     opt = optimizer.OptimizerConfig(
         lr=1e-2,
@@ -101,31 +109,19 @@ def _grpo(mesh: jax.sharding.Mesh):
         weight_decay=0.0,
         grad_clip=1.0,
     )
-    p_shardings = sh.param_shardings(cfg, mesh, sh.TRAIN_RULES)
-
-    def init(key):
-        return steps.init_train_state(cfg, opt, decoder.init_params(cfg, key, std=0.1), key)
-
-    def shardings_of(abstract):
-        return sh.shardings_like_params(abstract, decoder.abstract_params(cfg), p_shardings)
-
-    state, state_shardings = sh.init_sharded(init, shardings_of, jax.random.key(0))
-    jitted = steps.jit_train_step(
-        steps.StepConfig("grpo", opt, 1, chunk_size=8, vocab_chunk=0, grpo=GRPO),
-        cfg,
-        state_sharding=state_shardings,
-        batch_sharding=sh.batch_sharding(mesh),
-    )
+    init = functools.partial(decoder.init_params, cfg, std=0.1)
+    params = jax.jit(init, out_shardings=sh.param_shardings(mesh, cfg))(jax.random.key(0))
+    state = placement.init_state(mesh, cfg, opt, params, seed=0)
+    step_cfg = steps.StepConfig("grpo", opt, 1, chunk_size=8, vocab_chunk=0, grpo=GRPO)
+    update = placement.jit_update(mesh, step_cfg, cfg, state)
 
     def step_fn(state, batch):
-        # The rollout policy's log-probs, scored by the frozen-model path (sharded as its inputs).
-        batch["old_logprobs"] = steps.score_tokens(
-            cfg, state.params, batch["tokens"], batch["attention_mask"], chunk_size=8
-        )
-        state, metrics = jitted(state, batch)
+        tokens, mask = placement.put_rows(mesh, (batch["tokens"], batch["attention_mask"]))
+        old_logprobs = steps.score_tokens(cfg, state.params, tokens, mask, chunk_size=8)
+        state, metrics = update(state, batch | {"old_logprobs": placement.to_host(old_logprobs)})
         return state, metrics["train/loss"]
 
-    return state, state_shardings, step_fn
+    return state, step_fn
 
 
 def _quick(mesh: jax.sharding.Mesh):
@@ -141,7 +137,7 @@ def _quick(mesh: jax.sharding.Mesh):
     }
     axes = {"embed": ("vocab", "embed"), "readout": ("embed", "vocab")}
     p_shardings = {
-        k: NamedSharding(mesh, sh.logical_to_spec(axes[k], sh.TRAIN_RULES, mesh, v.shape))
+        k: NamedSharding(mesh, sh.logical_to_spec(mesh, axes[k], sh.TRAIN_RULES, v.shape))
         for k, v in params.items()
     }
     optimizer = optax.sgd(0.5)
@@ -165,28 +161,26 @@ def _quick(mesh: jax.sharding.Mesh):
 
     jitted = jax.jit(
         update,
-        in_shardings=(state_shardings, sh.batch_sharding(mesh)),
+        in_shardings=(state_shardings, sh.rows_sharding(mesh, ROWS)),
         out_shardings=(state_shardings, sh.replicated(mesh)),
         donate_argnums=0,
     )
-    return state, state_shardings, jitted
+    return state, lambda state, batch: jitted(state, placement.put_rows(mesh, batch))
 
 
 def run(workdir: Path, mesh: jax.sharding.Mesh, steps: int = 3, quick: bool = False) -> dict:
     """`steps` updates on `mesh`, save, restore, compare. Returns the figures (all processes)."""
-    state, state_shardings, step_fn = (_quick if quick else _grpo)(mesh)
+    state, step_fn = (_quick if quick else _grpo)(mesh)
     cfg = toy_config()
-    mine = sh.process_rows(ROWS)
     losses = []
     for step in range(steps):
-        local = {k: v[mine] for k, v in _global_rows(cfg, step).items()}  # this process's rows
-        state, loss = step_fn(state, sh.global_batch(local, mesh))
+        state, loss = step_fn(state, _global_rows(cfg, step))
         losses.append(float(loss))  # a replicated scalar: readable on every process
 
     manager = checkpoints.state_manager(Path(workdir) / "stage")
     checkpoints.save_state(manager, steps, state, {"step": steps})
     abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
     )
     restored, meta = checkpoints.restore_latest(manager, abstract)
     params = state.params if hasattr(state, "params") else state["params"]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from s2d_jax.distributed import placement
+from s2d_jax.distributed import sharding as sh
 from s2d_jax.learn import steps
 from s2d_jax.rollout import sampler
 
@@ -102,7 +103,7 @@ def sample(ctx: RunContext, cfg, params, prompts, sampling, seed: int, num_sampl
         seed=seed,
         num_samples=num_samples,
         mesh=ctx.mesh,
-        data_axis=placement.SAMPLE_DATA_AXIS,
+        data_axis=sh.BATCH_AXES,
     )
     rollout = placement.to_host(rollout)
     lengths = np.asarray(rollout.lengths)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from s2d_jax.distributed import placement
+from s2d_jax.distributed import sharding as sh
 from s2d_jax.model import decoder, hf_io
 from s2d_jax.workflow import checkpoints, random_models
 from s2d_jax.workflow.config import model_config
@@ -41,7 +42,7 @@ def load_params(ctx: RunContext, role: str, ref: str, *, frozen: bool = False) -
     )
     if frozen:
         cfg = dataclasses.replace(cfg, param_dtype=cfg.compute_dtype)
-    shardings = placement.param_shardings(ctx.mesh, cfg)
+    shardings = sh.param_shardings(ctx.mesh, cfg)
     if from_stage:
         params = checkpoints.load_exported_params(
             stage_dir, decoder.abstract_params(cfg), shardings

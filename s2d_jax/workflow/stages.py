@@ -23,7 +23,6 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from s2d_jax.distributed import placement
-from s2d_jax.distributed import sharding as sh
 from s2d_jax.grading import rewards
 from s2d_jax.learn import losses, steps
 from s2d_jax.model import decoder
@@ -70,7 +69,7 @@ def grade_own_rows(grader, texts: list[str], references: list[str], answer_style
     n = jax.process_count()
     if n == 1 or len(texts) % n:
         return grader.grade(texts, references, answer_style=answer_style)
-    mine = sh.process_rows(len(texts))
+    mine = placement.process_rows(len(texts))
     own_rewards, stats = grader.grade(texts[mine], references[mine], answer_style=answer_style)
     rewards_B = np.asarray(multihost_utils.process_allgather(own_rewards, tiled=True))
     keys = sorted(k for k in stats if k != "reward/mean")
