@@ -111,7 +111,7 @@ def main() -> None:
     )
 
     def fresh_state():  # a new one per layout: each step donates (deletes) its input state
-        return steps.init_train_state(cfg, step_cfg.optimizer, params, 0)
+        return steps.init_train_state(cfg, step_cfg.optimizer, params)
 
     batch = _batch(cfg, args.rows, args.length)
 

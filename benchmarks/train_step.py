@@ -200,11 +200,11 @@ def main():
             format_reward=0.0,
         ),
     )
-    state = steps.init_train_state(cfg, opt, params, 0)
+    state = steps.init_train_state(cfg, opt, params)
     step = steps.jit_train_step(grpo, cfg)
     bench_step("grpo", step, state, (batch,), train_flops, args.reps, matmul)
     fkl = steps.StepConfig("forward_kl", opt, 1, args.chunk_size, vocab_chunk=8192)
-    state = steps.init_train_state(cfg, opt, params, 0)
+    state = steps.init_train_state(cfg, opt, params)
     step = steps.jit_train_step(fkl, cfg, teacher_cfg)
     flops = train_flops + forward_flops(teacher_cfg, B, T)
     bench_step("forward_kl", step, state, (teacher, batch), flops, args.reps, matmul)

@@ -118,7 +118,7 @@ def test_checkpoint_restores_onto_another_mesh_shape(tmp_path):
     params = jax.tree.map(
         lambda a: rng.standard_normal(a.shape).astype(a.dtype), decoder.abstract_params(cfg)
     )
-    host_state = steps.init_train_state(cfg, opt, params, 3)
+    host_state = steps.init_train_state(cfg, opt, params)
     # Non-zero Adam moments, so a wrong mapping of mu/nu onto params would show.
     host_state = host_state.replace(
         opt_state=jax.tree.map(lambda x: x + 0.5 if x.ndim else x, host_state.opt_state)

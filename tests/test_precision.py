@@ -29,7 +29,7 @@ def sft_batch(cfg, B=4, T=16, seed=1):
 
 
 def run_sft(cfg, params, num_steps, opt=PAPER_LR, batch=None):
-    state = steps.init_train_state(cfg, opt, params, 0)
+    state = steps.init_train_state(cfg, opt, params)
     step = steps.jit_train_step(records.step_config("sft", opt), cfg)
     rows = []
     for _ in range(num_steps):
@@ -88,7 +88,7 @@ def test_grpo_step_in_bfloat16_compute_moves_float32_masters():
     step = steps.jit_train_step(
         records.step_config("grpo", opt, records.grpo_config(kl_coef=5e-4)), cfg
     )
-    state = steps.init_train_state(cfg, opt, params, 0)
+    state = steps.init_train_state(cfg, opt, params)
     for _ in range(3):
         state, m = step(state, batch)
         assert m["train/skipped"] == 0.0 and m["train/update_norm"] > 0
@@ -128,7 +128,7 @@ def test_non_finite_update_is_skipped_with_state_untouched(fault):
     cfg = decoder.ModelConfig.preset("toy_tiny")
     params = decoder.init_params(cfg, jax.random.key(0))
     opt = records.optimizer_config(lr=1e39 if fault == "overflowing_lr" else 1e-3)  # inf in float32
-    state = steps.init_train_state(cfg, opt, params, 0)
+    state = steps.init_train_state(cfg, opt, params)
     if fault == "nan_moment":
         state = _poison_first_moment(state)
     before = jax.device_get((state.params, state.opt_state))

@@ -214,7 +214,7 @@ def test_per_device_bytes_shrink_as_promised(toy):
 def test_init_state_places_state_and_opt_state_mirrors_params(toy):
     cfg, params = toy
     mesh = sh.make_mesh(sh.MeshConfig(2, 2, 2))
-    state = placement.init_state(mesh, cfg, records.optimizer_config(lr=1e-3), params, 0)
+    state = placement.init_state(mesh, cfg, records.optimizer_config(lr=1e-3), params)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params)
     is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
     [adam] = [x for x in jax.tree.leaves(state.opt_state, is_leaf=is_adam) if is_adam(x)]
@@ -354,7 +354,7 @@ def _grpo_setup(cfg, params):
     step_cfg = records.step_config(
         "grpo", records.optimizer_config(lr=1e-3), records.grpo_config(kl_coef=0.0), chunk_size=4
     )
-    state = steps.init_train_state(cfg, step_cfg.optimizer, params, 0)
+    state = steps.init_train_state(cfg, step_cfg.optimizer, params)
     return step_cfg, jax.device_get(state), batch
 
 

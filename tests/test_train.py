@@ -126,12 +126,12 @@ def make_batch(seed=0):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _init_state(opt, params, key):
-    return steps.init_train_state(CFG, opt, params, key)
+def _init_state(opt, params):
+    return steps.init_train_state(CFG, opt, params)
 
 
 def fresh_state(opt=LINEAR_OPT):
-    return _init_state(opt, params_and_teacher()[0], jax.random.key(0))
+    return _init_state(opt, params_and_teacher()[0])
 
 
 # ----------------------------------------------------------------------------- accumulation
@@ -272,8 +272,8 @@ def test_optimizer_is_adamw_with_clipping():
 def test_init_train_state_checks_params():
     params, teacher = params_and_teacher()
     with pytest.raises(ValueError, match="ModelConfig"):
-        steps.init_train_state(CFG, LINEAR_OPT, teacher, 0)
-    state = steps.init_train_state(CFG, LINEAR_OPT, params, jax.random.key(3))
+        steps.init_train_state(CFG, LINEAR_OPT, teacher)
+    state = steps.init_train_state(CFG, LINEAR_OPT, params)
     assert int(state.step) == 0 and state.params["embed"] is not params["embed"]
 
 

@@ -3,7 +3,7 @@ batches and sampler weights put on it (and copied back to the host).
 
     mesh = placement.build_mesh(mesh_cfg)                         # None on a single device
     params = placement.init_params(mesh, cfg, key)                # built on its shards
-    state = placement.init_state(mesh, cfg, opt_cfg, params, seed)
+    state = placement.init_state(mesh, cfg, opt_cfg, params)
     update = placement.jit_update(mesh, step_cfg, cfg, state, teacher_cfg, teacher_params)
     state, metrics = update(state, host_batch)                    # {"tokens": [B, T], ...}
     tokens_BT, mask_BT = placement.put_rows(mesh, (tokens_BT, mask_BT))
@@ -52,17 +52,19 @@ def init_params(mesh: Mesh | None, cfg: decoder.ModelConfig, key: jax.Array):
     return init(key)
 
 
-def init_state(mesh: Mesh | None, cfg: decoder.ModelConfig, opt_cfg: optimizer.OptimizerConfig, params, seed: int):
+def init_state(
+    mesh: Mesh | None, cfg: decoder.ModelConfig, opt_cfg: optimizer.OptimizerConfig, params
+):
     """`steps.init_train_state`; with a mesh the AdamW moments take their parameter's sharding
-    and everything else (step, RNG key, counters) is replicated."""
+    and everything else (the step, optimizer counters) is replicated."""
     if mesh is None:
         # Committed to the device, as the step's outputs are: an uncommitted first state would
         # compile the step a second time for the same shapes.
-        state = steps.init_train_state(cfg, opt_cfg, params, seed)
+        state = steps.init_train_state(cfg, opt_cfg, params)
         return jax.device_put(state, jax.local_devices()[0])
 
     def init(params):
-        return steps.init_train_state(cfg, opt_cfg, params, seed)
+        return steps.init_train_state(cfg, opt_cfg, params)
 
     abstract = jax.eval_shape(init, params)
     shardings = sh.shardings_like_params(

@@ -14,7 +14,7 @@ the whole batch (the objectives go through `kl_chunked`).
 
     step_cfg = StepConfig("grpo", optimizer_cfg, micro_batches=8, chunk_size=512,
                           vocab_chunk=8192, grpo=grpo_cfg)      # workflow/stages.py builds it
-    state = init_train_state(model_cfg, optimizer_cfg, params, seed)
+    state = init_train_state(model_cfg, optimizer_cfg, params)
     step = jit_train_step(step_cfg, model_cfg)
     state, metrics = step(state, batch)
 """
@@ -28,7 +28,6 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from s2d_jax.learn import kl_chunked, optimizer
@@ -42,11 +41,10 @@ class TrainState:
     params: Any
     opt_state: Any
     step: jax.Array  # int32 []: attempted updates, skipped ones included (the data position)
-    rng: jax.Array  # per-step randomness is fold_in(rng, step)
 
 
 def init_train_state(
-    model_cfg: decoder.ModelConfig, opt_cfg: OptimizerConfig, params, rng: jax.Array | int
+    model_cfg: decoder.ModelConfig, opt_cfg: OptimizerConfig, params
 ) -> TrainState:
     """A fresh state whose params are float32 master copies of `params` (any float dtype).
 
@@ -59,10 +57,9 @@ def init_train_state(
             "init_train_state: params do not match the ModelConfig (shapes of "
             "decoder.abstract_params(model_cfg)); was the right checkpoint loaded?"
         )
-    key = jax.random.key(int(rng)) if isinstance(rng, int | np.integer) else rng
     masters = jax.tree.map(lambda x: jnp.array(x, dtype=optimizer.MASTER_DTYPE, copy=True), params)
     return TrainState(
-        masters, optimizer.make_optimizer(opt_cfg).init(masters), jnp.zeros((), jnp.int32), key
+        masters, optimizer.make_optimizer(opt_cfg).init(masters), jnp.zeros((), jnp.int32)
     )
 
 

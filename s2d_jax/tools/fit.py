@@ -94,7 +94,7 @@ def train_step_memory(model_cfg, mesh, *, batch: int, seq: int, step_cfg, teache
     abstract_params = decoder.abstract_params(model_cfg)
     p_shardings = sh.param_shardings(mesh, model_cfg)
     state = jax.eval_shape(
-        lambda p: steps.init_train_state(model_cfg, step_cfg.optimizer, p, jax.random.key(0)),
+        lambda p: steps.init_train_state(model_cfg, step_cfg.optimizer, p),
         abstract_params,
     )
     state_shardings = sh.shardings_like_params(state, abstract_params, p_shardings)

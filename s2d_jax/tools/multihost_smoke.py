@@ -111,7 +111,7 @@ def _grpo(mesh: jax.sharding.Mesh):
     )
     init = functools.partial(decoder.init_params, cfg, std=0.1)
     params = jax.jit(init, out_shardings=sh.param_shardings(mesh, cfg))(jax.random.key(0))
-    state = placement.init_state(mesh, cfg, opt, params, seed=0)
+    state = placement.init_state(mesh, cfg, opt, params)
     step_cfg = steps.StepConfig("grpo", opt, 1, chunk_size=8, vocab_chunk=0, grpo=GRPO)
     update = placement.jit_update(mesh, step_cfg, cfg, state)
 

@@ -117,7 +117,7 @@ def run_stage(ctx: RunContext, stage: StageConfig, stage_dir: Path) -> dict:
     make_batch, total = kind.make_batches(ctx, stage, policy, teacher, stage_dir)
     step_cfg = stages.step_config(stage, total)
     cfg = policy.cfg
-    state = placement.init_state(ctx.mesh, cfg, step_cfg.optimizer, policy.params, ctx.seed)
+    state = placement.init_state(ctx.mesh, cfg, step_cfg.optimizer, policy.params)
     # The state holds float32 masters now; the batch makers keep only what they need (the GRPO
     # reference in the compute dtype), so the loaded copy can be freed.
     del policy
