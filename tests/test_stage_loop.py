@@ -14,7 +14,7 @@ from s2d_jax.workflow import checkpoints, metrics, stage_loop
 
 def _state():
     w = jnp.zeros(3)
-    return steps.TrainState({"w": w}, {"m": w}, jnp.zeros((), jnp.int32), jnp.zeros(2, jnp.uint32))
+    return steps.TrainState({"w": w}, {"m": w}, jnp.zeros((), jnp.int32))
 
 
 def _update(skip_steps=()):
