@@ -117,4 +117,6 @@ def test_the_readme_layout_table_lists_every_module():
         if path.name == "__init__.py":
             continue
         rel = path.relative_to(PACKAGE)
-        assert str(rel) in listed or path.name in listed, f"README Layout: add s2d_jax/{rel}"
+        if rel.parent == Path("."):
+            continue  # main.py, named in the prose
+        assert str(rel) in listed, f"README Layout: add {rel}"
