@@ -4,8 +4,10 @@ The paper's configs need local Hugging Face checkpoints and a DAPO file: tiny ra
 checkpoints with a tiny chat tokenizer and a DAPO-shaped JSONL are made here.
 """
 
+import dataclasses
 import importlib
 import json
+import pathlib
 import pkgutil
 from pathlib import Path
 
@@ -99,6 +101,25 @@ def test_paper_pair_dimensions_are_checked(checkpoints):
         f"data_path={checkpoints['data']}"
     )
     with pytest.raises(ValueError, match="is not a qwen3_1.7b checkpoint"):
+        pipeline.validate(config)
+
+
+def test_a_model_vocabulary_smaller_than_the_tokenizer_fails_at_validation(checkpoints, tmp_path):
+    """Token ids past the embedding would fail only when sampling reaches one: caught up front."""
+    teacher = pathlib.Path(checkpoints["teacher"])
+    cfg, params = hf_io.load_hf(teacher)
+    small = dataclasses.replace(cfg, vocab_size=cfg.vocab_size - 8)
+    params = dict(params, embed=params["embed"][:-8])
+    if "lm_head" in params:
+        params["lm_head"] = params["lm_head"][:, :-8]
+    hf_io.save_hf(tmp_path / "small", small, params)
+    for f in teacher.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            (tmp_path / "small" / f.name).write_bytes(f.read_bytes())
+    config = _paper("raw", dict(checkpoints, teacher=str(tmp_path / "small")))
+    with pytest.raises(
+        ValueError, match=rf"teacher: the model's vocabulary \({small.vocab_size} ids"
+    ):
         pipeline.validate(config)
 
 

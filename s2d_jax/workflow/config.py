@@ -17,6 +17,7 @@ from pathlib import Path
 
 from s2d_jax.data.datasets import SPLITS as DATASET_SPLITS
 from s2d_jax.data.task import TaskConfig, resolve_pool
+from s2d_jax.data.tokenizers import load_tokenizer
 from s2d_jax.distributed.sharding import MeshConfig
 from s2d_jax.learn.objectives import GrpoConfig
 from s2d_jax.learn.optimizer import OptimizerConfig
@@ -156,12 +157,38 @@ def parse(config) -> RunConfig:
     for spec in models.values():
         if spec.hf_path:
             model_config(spec, vocab_size=None)  # reads config.json, checks the preset's dims
+    check_vocab(run_cfg.task, models)
     names = {s.name for s in run_cfg.stages}
     for stage in run_cfg.stages:
         for ref, role in _references(stage):
             if ref != "base" and ref not in names:  # an HF directory: checked as a hf_path is
                 model_config(models[role], vocab_size=None, checkpoint_dir=ref)
     return run_cfg
+
+
+def tokenizer_source(models: dict[str, ModelSpec]) -> str:
+    """The HF directory whose tokenizer the run uses: teacher and student share one (distillation
+    needs it), read from the first role with a checkpoint in reverse name order (the teacher's);
+    "" when no role has one (the toy's own tokenizer)."""
+    return next((m.hf_path for _, m in sorted(models.items(), reverse=True) if m.hf_path), "")
+
+
+def check_vocab(task: TaskConfig, models: dict[str, ModelSpec]) -> None:
+    """Every checkpoint's vocabulary holds the tokenizer's ids (a smaller one would fail only
+    when sampling reaches an id past it). The toy task sizes its models to its own tokenizer."""
+    source = tokenizer_source(models)
+    if task.name == "arith" or not source:
+        return
+    vocab = load_tokenizer(source).vocab_size
+    for role, spec in sorted(models.items()):
+        if spec.hf_path:
+            model_vocab = model_config(spec, vocab_size=None).vocab_size
+            if model_vocab < vocab:
+                raise ValueError(
+                    f"config.models.{role}: the model's vocabulary ({model_vocab} ids, "
+                    f"{spec.hf_path}) is smaller than the tokenizer's ({vocab} ids, {source}); "
+                    "teacher and student must share a tokenizer their embeddings cover"
+                )
 
 
 def check_pools(run_cfg: RunConfig) -> None:

@@ -67,6 +67,7 @@ def _run_locked(run_cfg: RunConfig, workdir: Path, mesh) -> dict:
     for spec in models.values():
         if spec.random_weights:  # the preset check, as for a given checkpoint
             config_lib.model_config(spec, vocab_size=None)
+    config_lib.check_vocab(run_cfg.task, models)  # the random checkpoints' too
     task = Task(run_cfg.task, _tokenizer_path(run_cfg, models, workdir))
     summaries = {}
     grader_cfg = run_cfg.grader
@@ -94,9 +95,9 @@ def _run_locked(run_cfg: RunConfig, workdir: Path, mesh) -> dict:
 
 
 def _tokenizer_path(run_cfg: RunConfig, models: dict, workdir: Path) -> Path:
-    """Teacher and student share one tokenizer (distillation needs it); the student's comes
-    first. The toy's is trained into the (shared) workdir once, by process 0."""
-    source = next((m.hf_path for _, m in sorted(models.items(), reverse=True) if m.hf_path), "")
+    """The run's tokenizer (`config.tokenizer_source`); the toy's is trained into the (shared)
+    workdir once, by process 0."""
+    source = config_lib.tokenizer_source(models)
     if jax.process_index() == 0:
         build_tokenizer(run_cfg.task, workdir, source)
     if jax.process_count() > 1:
