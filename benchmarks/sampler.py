@@ -42,12 +42,11 @@ def s2d_runner(cfg, params, prompts, new_tokens, temperature):
     settings = sampler.make_settings(
         cfg, temperature=temperature, top_p=1.0, top_k=0, eos_id=(), pad_id=0
     )
-    unstack = jax.jit(sampler.unstack_layers)
 
     def run():
         # The same phases as generate(), timed one by one.
         t0 = time.perf_counter()
-        layer_params = unstack(params)
+        layer_params = sampler.sampling_weights(cfg, params)
         state = jax.block_until_ready(
             sampler.prefill(cfg, layer_params, prompts, settings, max_new_tokens=new_tokens)
         )

@@ -185,10 +185,12 @@ def test_fit_command_reports_per_device_memory(tmp_path, dtype):
     itemsize = {"float32": 4, "bfloat16": 2}[dtype]
     sample_params = itemsize * (sum(quarter) / 2 + sum(whole))
     cache = 2 * itemsize * L * 4 * 32 * K * Dh / 4
-    decode = report["decode_step"]
+    decode = report["decode_step"]  # the sampler's decode loop
     assert decode["arguments"] >= sample_params + cache
-    assert decode["arguments"] < sample_params + cache + 4096  # + tokens, positions, kv mask
-    assert decode["aliased"] == pytest.approx(cache, abs=64)  # the cache is donated
+    assert decode["arguments"] < sample_params + cache + 4096  # + the rest of the decode state
+    # The decode state is donated, its cache included; the weights are not.
+    assert cache <= decode["aliased"] <= decode["arguments"] - sample_params
+    assert report["prefill"]["outputs"] >= cache  # the prefill makes the cache
 
 
 def test_fit_refuses_a_running_jax_with_other_device_count():

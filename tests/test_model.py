@@ -273,7 +273,7 @@ def test_left_and_right_padding_match_unpadded():
 @pytest.mark.parametrize("family", ["qwen3", "llama"])
 def test_cached_decoding_matches_forward(family):
     """A prefill reading only the prompt slots, then one token at a time through the KV cache
-    (stacked and per-layer weights) gives `forward`'s logits at every real position."""
+    (on the per-layer weights) gives `forward`'s logits at every real position."""
     extra = {} if family == "qwen3" else dict(qk_norm=False, rope_scaling=(8.0, 1.0, 4.0, 16))
     cfg, params = _tiny(family=family, **extra)
     B, P, N = 3, 6, 5
@@ -289,18 +289,18 @@ def test_cached_decoding_matches_forward(family):
         hidden, cache = cached_forward.forward_cached(
             cfg, params, tokens, positions, cache, slot, kv_mask, read_length
         )
-        return decoder.logits_from_hidden(cfg, params, hidden), cache
+        return cached_forward.logits_from_hidden(cfg, params, hidden), cache
 
-    for weights in (params, cached_forward.unstack_layers(params)):
-        cache = cached_forward.init_cache(cfg, B, P + N)
-        kv_mask = jnp.zeros((B, P + N), bool).at[:, :P].set(mask[:, :P])
-        logits, cache = run(weights, tokens[:, :P], positions[:, :P], cache, 0, kv_mask, P)
-        np.testing.assert_allclose(logits[mask[:, :P]], full[:, :P][mask[:, :P]], atol=1e-4)
-        for t in range(P, P + N):
-            kv_mask = kv_mask.at[:, t].set(True)
-            token, position = tokens[:, t : t + 1], positions[:, t : t + 1]
-            step, cache = run(weights, token, position, cache, t, kv_mask)
-            np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-4)
+    weights = cached_forward.unstack_layers(params)
+    cache = cached_forward.init_cache(cfg, B, P + N)
+    kv_mask = jnp.zeros((B, P + N), bool).at[:, :P].set(mask[:, :P])
+    logits, cache = run(weights, tokens[:, :P], positions[:, :P], cache, 0, kv_mask, P)
+    np.testing.assert_allclose(logits[mask[:, :P]], full[:, :P][mask[:, :P]], atol=1e-4)
+    for t in range(P, P + N):
+        kv_mask = kv_mask.at[:, t].set(True)
+        token, position = tokens[:, t : t + 1], positions[:, t : t + 1]
+        step, cache = run(weights, token, position, cache, t, kv_mask)
+        np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-4)
 
 
 def test_bfloat16_compute_is_close_to_float32():

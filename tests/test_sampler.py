@@ -6,7 +6,6 @@ Models are tiny random HF models with weights scaled up (ENV_NOTES "a trap"), so
 is not degenerate and a wrong rope, cache slot or mask changes the tokens.
 """
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,8 +17,8 @@ transformers = pytest.importorskip("transformers")
 from test_hf_io import make_hf_model  # noqa: E402
 
 from s2d_jax.distributed import sharding as sh  # noqa: E402
-from s2d_jax.model import decoder, hf_io  # noqa: E402
-from s2d_jax.rollout import sampler, token_selection  # noqa: E402
+from s2d_jax.model import cached_forward, decoder, hf_io  # noqa: E402
+from s2d_jax.rollout import phases, sampler, token_selection  # noqa: E402
 
 FAMILIES = {
     "qwen3": dict(rope_theta=10_000.0, tie_word_embeddings=True),
@@ -38,6 +37,10 @@ FAMILIES = {
 }
 PAD = 0
 N_NEW = 32
+
+
+def _greedy_settings(cfg):
+    return sampler.make_settings(cfg, temperature=0.0, top_p=1.0, top_k=0, eos_id=(), pad_id=PAD)
 
 
 def _random_prompts(lengths, vocab, seed):
@@ -182,7 +185,7 @@ def test_sampling_frequencies_match_truncated_distribution(temperature, top_k, t
     logits = jnp.array([2.0, 1.5, 1.4, 0.3, 0.0, -0.5, -1.0, 0.9, 1.1, -2.0])
     n = 4000
     keys = jax.random.split(jax.random.key(11), n)
-    tokens, logprobs = sampler.sample_tokens(
+    tokens, logprobs = token_selection.sample_tokens(
         jnp.broadcast_to(logits, (n, logits.size)),
         keys,
         temperature=temperature,
@@ -221,7 +224,7 @@ def test_top_p_keeps_the_sorted_prefix_on_a_large_vocabulary():
 
 def test_sample_tokens_greedy_is_first_argmax():
     logits = jnp.array([[0.0, 3.0, 3.0, 1.0], [5.0, -1.0, 2.0, 5.0]])
-    tokens, logprobs = sampler.sample_tokens(
+    tokens, logprobs = token_selection.sample_tokens(
         logits, jax.random.split(jax.random.key(0), 2), temperature=0.0, top_k=0, top_p=1.0
     )
     np.testing.assert_array_equal(tokens, [1, 0])  # numpy's argmax: first among ties
@@ -251,16 +254,22 @@ def test_batch_equals_each_prompt_alone(family_model):
     assert not np.array_equal(batch.tokens[0], swapped.tokens[0])
 
 
-def test_stacked_params_give_the_same_tokens(family_model):
-    """generate(unstack=False) runs the layers off the stacked weights: same computation."""
+def test_stacked_and_per_layer_params_give_the_same_tokens(family_model):
+    """generate unstacks stacked params itself, and takes `PerLayerParams` as they are."""
     _, cfg, params = family_model
     if cfg.family != "qwen3":
         pytest.skip("one family suffices")
     prompts = _random_prompts(PROMPT_LENGTHS, cfg.vocab_size, seed=11)
-    unstacked = sampler.generate(cfg, params, prompts, seed=1, **SAMPLED)
-    stacked = sampler.generate(cfg, params, prompts, seed=1, unstack=False, **SAMPLED)
+    per_layer = cached_forward.unstack_layers(params, dtype=cfg.compute_dtype)
+    assert isinstance(per_layer, cached_forward.PerLayerParams)
+    assert len(per_layer.layers) == cfg.n_layers and "layers" not in per_layer.rest
+    assert sampler.sampling_weights(cfg, per_layer) is per_layer
+    stacked = sampler.generate(cfg, params, prompts, seed=1, **SAMPLED)
+    unstacked = sampler.generate(cfg, per_layer, prompts, seed=1, **SAMPLED)
     np.testing.assert_array_equal(stacked.tokens, unstacked.tokens)
     np.testing.assert_allclose(stacked.logprobs, unstacked.logprobs, atol=1e-6)
+    with pytest.raises(TypeError, match="PerLayerParams"):  # the phases never take stacked ones
+        sampler.prefill(cfg, params, prompts, _greedy_settings(cfg), max_new_tokens=4)
 
 
 def test_num_samples_rows_are_prompt_major(family_model):
@@ -312,9 +321,9 @@ def test_rows_over_two_mesh_axes_give_single_device_tokens(family_model):
     axes = ("data", "fsdp")
     state = sampler.prefill(
         cfg,
-        placed,
+        sampler.sampling_weights(cfg, placed),
         prompts,
-        sampler.make_settings(cfg, temperature=0.0, top_p=1.0, top_k=0, eos_id=(), pad_id=PAD),
+        _greedy_settings(cfg),
         max_new_tokens=N_NEW,
         mesh=mesh,
         data_axis=axes,
@@ -329,38 +338,33 @@ def test_rows_over_two_mesh_axes_give_single_device_tokens(family_model):
 
 
 def test_prefill_and_decode_loop_traced_once_per_bucket(family_model, monkeypatch):
+    """The module-level jits of `phases` trace (and compile) once per (prompt bucket, new-token
+    bucket): a trace calls `forward_cached`, so a counter in its place logs every trace."""
     _, cfg, params = family_model
     if cfg.family != "qwen3":
         pytest.skip("one family suffices")
     traced = []
 
-    def counted_prefill(*args, **kwargs):
-        traced.append("prefill")
-        return sampler._prefill_arrays(*args, **kwargs)
+    def counted_forward_cached(cfg, params, tokens, *args, **kwargs):
+        traced.append(tokens.shape)  # [B, P - 1] in the prefill, [B, 1] in the decode step
+        return cached_forward.forward_cached(cfg, params, tokens, *args, **kwargs)
 
-    def counted_loop(state, params, cfg):
-        traced.append(state.prompt.shape)
-        return sampler.decode_loop(state, params, cfg)
-
-    # Fresh jits (empty caches), each failing on its second trace.
-    prefill = sampler._jit_prefill(chex.assert_max_traces(counted_prefill, n=1))
-    monkeypatch.setattr(sampler, "_prefill_jit", prefill)
-    loop = sampler._jit_decode_loop(chex.assert_max_traces(counted_loop, n=1))
-    monkeypatch.setattr(sampler, "_decode_loop_jit", loop)
+    monkeypatch.setattr(phases, "forward_cached", counted_forward_cached)
+    jax.clear_caches()  # every jit cache empty: the next calls trace
     kw = dict(SAMPLED, eos_id=())  # no EOS: every row runs to max_new_tokens
     # Prompt lengths 1..16 share bucket 16; 25 and 32 new tokens share bucket 32.
     a = sampler.generate(cfg, params, _random_prompts([3, 5], 97, 1), **dict(kw, max_new_tokens=25))
     b = sampler.generate(cfg, params, _random_prompts([9, 16], 97, 2), **kw)
-    assert traced == ["prefill", (2, 16)]
+    assert traced == [(2, 15), (2, 1)]
     assert a.tokens.shape == (2, 16 + 25) and b.tokens.shape == (2, 16 + 32)
     assert (np.asarray(a.lengths) == 25).all() and np.asarray(a.truncated).all()
-    with pytest.raises(AssertionError, match="traced"):  # prompt bucket 24 must trace again
-        sampler.generate(cfg, params, _random_prompts([17, 1], 97, 3), **kw)
+    sampler.generate(cfg, params, _random_prompts([17, 1], 97, 3), **kw)
+    assert traced[2:] == [(2, 23), (2, 1)]  # prompt bucket 24 traces both again
 
 
 def test_cache_bytes_and_buckets():
     cfg = decoder.ModelConfig.preset("toy_tiny", compute_dtype="bfloat16")
-    cache = sampler.init_cache(cfg, 3, 48)
+    cache = cached_forward.init_cache(cfg, 3, 48)
     assert {x.dtype for x in jax.tree.leaves(cache)} == {jnp.dtype(jnp.bfloat16)}
     assert sampler.cache_bytes(cfg, 3, 48) == sum(x.nbytes for x in jax.tree.leaves(cache))
     sizes = (1, 16, 17, 24, 25, 33, 100, 128, 129, 193)

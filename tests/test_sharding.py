@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as Spec
 from s2d_jax.distributed import placement
 from s2d_jax.distributed import sharding as sh
 from s2d_jax.learn import steps
-from s2d_jax.model import decoder, hf_io
+from s2d_jax.model import cached_forward, decoder, hf_io
 from s2d_jax.rollout import sampler
 
 GOLDEN = Path(__file__).parent / "golden" / "toy_partition_specs.json"
@@ -328,12 +328,15 @@ def test_sharded_greedy_sampling_equals_one_device(toy, one_device_greedy, shape
     placed = jax.device_put(params, sh.param_shardings(mesh, cfg, sh.TRAIN_RULES))
     sampling = placement.sampling_params(mesh, cfg, placed)
     stacked_specs = sh.param_specs(mesh, cfg, sh.SAMPLE_RULES)["layers"]
-    assert isinstance(sampling["layers"], tuple) and len(sampling["layers"]) == cfg.n_layers
-    for i, layer in enumerate(sampling["layers"]):
+    assert isinstance(sampling, cached_forward.PerLayerParams)
+    assert len(sampling.layers) == cfg.n_layers
+    for i, layer in enumerate(sampling.layers):
         for name, w in layer.items():
             assert w.sharding.spec == Spec(*stacked_specs[name][1:]), name
             np.testing.assert_array_equal(jax.device_get(w), params["layers"][name][i])
-    assert sampling["embed"].sharding.spec == sh.param_specs(mesh, cfg, sh.SAMPLE_RULES)["embed"]
+    assert (
+        sampling.rest["embed"].sharding.spec == sh.param_specs(mesh, cfg, sh.SAMPLE_RULES)["embed"]
+    )
     out = _greedy(cfg, sampling, mesh)
     np.testing.assert_array_equal(jax.device_get(out.tokens), one_device_greedy.tokens)
     np.testing.assert_allclose(

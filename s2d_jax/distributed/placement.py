@@ -155,11 +155,11 @@ def process_rows(global_rows: int) -> slice:
 
 
 def sampling_params(mesh: Mesh | None, cfg: decoder.ModelConfig, params):
-    """Per-layer params in the compute dtype laid out for decoding (`SAMPLE_RULES`: whole over
-    fsdp), the form `sampler.generate` decodes with (`cached_forward.unstack_layers`).
+    """`cached_forward.PerLayerParams` in the compute dtype laid out for decoding
+    (`SAMPLE_RULES`: whole over fsdp), the form `sampler.generate` decodes with.
     Re-laying out, casting and unstacking in one program leaves one sampling copy of the weights
-    on each device, not a stacked one plus the per-layer one. Without a mesh the params are
-    returned as they are (`generate` unstacks and casts)."""
+    on each device, not a stacked one plus the per-layer one. Without a mesh the stacked params
+    are returned as they are (`generate` unstacks and casts them)."""
     if mesh is None:
         return params
     return _unstack_to_sampling_layout(mesh, cfg)(params)
@@ -167,6 +167,8 @@ def sampling_params(mesh: Mesh | None, cfg: decoder.ModelConfig, params):
 
 @functools.cache
 def _unstack_to_sampling_layout(mesh: Mesh, cfg: decoder.ModelConfig):
+    """The jitted stacked -> `PerLayerParams` copy whose out_shardings are
+    `sharding.per_layer_shardings` of the SAMPLE_RULES shardings (a PerLayerParams too)."""
     shardings = sh.per_layer_shardings(sh.param_shardings(mesh, cfg, sh.SAMPLE_RULES), cfg.n_layers)
     unstack = functools.partial(cached_forward.unstack_layers, dtype=cfg.compute_dtype)
     return jax.jit(unstack, out_shardings=shardings)

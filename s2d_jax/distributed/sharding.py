@@ -176,14 +176,17 @@ def param_shardings(
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec)
 
 
-def per_layer_shardings(shardings: dict[str, Any], n_layers: int) -> dict[str, Any]:
-    """`param_shardings` for the params of `cached_forward.unstack_layers`: `layers` becomes a
-    tuple of `n_layers` trees, each slice keeping its stacked weight's sharding without the
-    (never sharded) leading layer axis."""
+def per_layer_shardings(shardings: dict[str, Any], n_layers: int):
+    """`param_shardings` for the params of `cached_forward.unstack_layers`: a
+    `cached_forward.PerLayerParams` of shardings, its `layers` `n_layers` trees, each slice keeping
+    its stacked weight's sharding without the (never sharded) leading layer axis."""
+    from s2d_jax.model import cached_forward
+
     one_layer = jax.tree.map(
         lambda s: NamedSharding(s.mesh, Spec(*s.spec[1:])), shardings["layers"]
     )
-    return {**shardings, "layers": (one_layer,) * n_layers}
+    rest = {name: s for name, s in shardings.items() if name != "layers"}
+    return cached_forward.PerLayerParams(layers=(one_layer,) * n_layers, rest=rest)
 
 
 def cache_shardings(

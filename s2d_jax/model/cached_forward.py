@@ -2,24 +2,43 @@
 
 `decoder.forward` is the training path (layers scanned, rematerialised). This one keeps one
 [B, K, S, Dh] buffer per layer, written one slot at a time, and unrolls the layers: each layer
-then writes and reads its own buffer in place, where scanning a stacked [L, ...] cache rebuilt
-the whole cache every step (100-160 ms a step on a CPU instead of ~40). The block's arithmetic is
-model.py's (`attention_inputs`, `attention`, `attention_output_and_mlp`); tests/test_sampler.py
+then writes and reads its own buffer in place, where scanning a stacked [L, ...] cache would
+rebuild the whole cache at every step. It reads the weights in the sampling layout,
+`PerLayerParams` (`unstack_layers` of the stacked training params). The block's arithmetic is
+decoder.py's (`attention_inputs`, `attention`, `attention_output_and_mlp`); tests/test_sampler.py
 checks tokens against transformers and log-probs against `decoder.forward`.
 
+    weights = unstack_layers(params, dtype=cfg.compute_dtype)
     cache = init_cache(cfg, batch, slots)
-    hidden_BTD, cache = forward_cached(cfg, params, tokens_BT, positions_BT, cache, 0, kv_mask_BS)
+    hidden_BTD, cache = forward_cached(cfg, weights, tokens_BT, positions_BT, cache, 0, kv_mask_BS)
 """
 
 from __future__ import annotations
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 from s2d_jax.model import decoder
 
-# Logical axes of a cache leaf [B, K, S, Dh] (see sharding.py's rules tables).
+# Logical axes of a cache leaf [B, K, S, Dh] (see distributed/sharding.py's rules tables).
 CACHE_LEAF_AXES = ("act_batch", "act_kv_heads", "act_len", "head_dim")
+
+
+@flax.struct.dataclass
+class PerLayerParams:
+    """The params in the sampling layout: each layer's weights in buffers of their own.
+
+    layers: L trees, layer l's slice of the stacked params' `layers` tree (the same names, the
+      leading layer axis dropped).
+    rest: every other parameter (embed, final_norm, and lm_head when untied), as in the stacked
+      params, so `decoder.logits_from_hidden(cfg, weights.rest, hidden)` reads it.
+
+    A pytree: jit, device_put and sharding trees take it as they take the params dict.
+    """
+
+    layers: tuple[decoder.Params, ...]
+    rest: decoder.Params
 
 
 def init_cache(cfg: decoder.ModelConfig, batch: int, length: int) -> tuple[dict, ...]:
@@ -42,44 +61,46 @@ def cache_axes(cfg: decoder.ModelConfig) -> tuple[dict, ...]:
     return tuple({"k": CACHE_LEAF_AXES, "v": CACHE_LEAF_AXES} for _ in range(cfg.n_layers))
 
 
-def unstack_layers(params, dtype: str | None = None) -> dict:
-    """Params with `layers` as a tuple of per-layer dicts (a copy of the layer weights), every
-    weight cast to `dtype` when given (the compute dtype: a decode step reads each weight once
-    per token, so float32 masters would double the bytes it reads in bfloat16 compute).
+def unstack_layers(params: decoder.Params, dtype: str | None = None) -> PerLayerParams:
+    """Stacked params (`decoder.init_params`' layout) -> `PerLayerParams`: a copy of the layer
+    weights, one tree per layer, every weight cast to `dtype` when given (the compute dtype: a
+    decode step reads each weight once per token, so float32 masters would double the bytes it
+    reads in bfloat16 compute).
 
-    `forward_cached` runs the layers as unrolled code. Given stacked [L, ...] weights it slices
-    layer l out of them inside the decode loop, and XLA (CPU and GPU) copies each slice at every
-    step (one extra read and write of all layer weights per token); per-layer buffers avoid that
-    for one copy per `sampler.generate` call.
+    `forward_cached` runs the layers as unrolled code. Slicing layer l out of stacked [L, ...]
+    weights inside the decode loop makes XLA (CPU and GPU) copy each slice at every step (one
+    extra read and write of all layer weights per token); per-layer buffers avoid that for one
+    copy per `sampler.generate` call.
     """
     if dtype is not None:
         params = jax.tree.map(lambda w: w.astype(dtype), params)
-    if isinstance(params["layers"], tuple):
-        return params
     n_layers = jax.tree.leaves(params["layers"])[0].shape[0]
     layers = tuple(jax.tree.map(lambda w, i=i: w[i], params["layers"]) for i in range(n_layers))
-    return {**params, "layers": layers}
+    return PerLayerParams(layers=layers, rest={k: v for k, v in params.items() if k != "layers"})
 
 
-def _block(cfg, x_BTD, p, positions_BT, inv_freq, kv, slot, visible_BTS, read_length):
-    """One decoder block writing its K/V at `slot` of its cache `kv`, then attending over the
-    first `read_length` slots of it."""
+def _block(cfg, x_BTD, p, positions_BT, inv_freq, kv_BKSD, slot, visible_BTS, read_length):
+    """One decoder block writing its K/V at `slot` of its cache `kv_BKSD` ({"k", "v"}), then
+    attending over the first `read_length` slots of it."""
     dt = x_BTD.dtype
-    q, k, v = decoder.attention_inputs(cfg, x_BTD, p, positions_BT, inv_freq)
-    kv = {
+    q_BTHD, k_BTKD, v_BTKD = decoder.attention_inputs(cfg, x_BTD, p, positions_BT, inv_freq)
+    kv_BKSD = {
         name: jax.lax.dynamic_update_slice(
-            kv[name], new.transpose(0, 2, 1, 3).astype(kv[name].dtype), (0, 0, slot, 0)
+            kv_BKSD[name],
+            new_BTKD.transpose(0, 2, 1, 3).astype(kv_BKSD[name].dtype),
+            (0, 0, slot, 0),
         )
-        for name, new in (("k", k), ("v", v))
+        for name, new_BTKD in (("k", k_BTKD), ("v", v_BTKD))
     }
-    k, v = (kv[name][:, :, :read_length].astype(dt) for name in ("k", "v"))
-    attn = decoder.attention(q, k, v, visible_BTS[:, :, :read_length], kv_axes="bksd")
-    return decoder.attention_output_and_mlp(cfg, x_BTD, attn, p), kv
+    k_BKSD, v_BKSD = (kv_BKSD[name][:, :, :read_length].astype(dt) for name in ("k", "v"))
+    visible_BTS = visible_BTS[:, :, :read_length]
+    attn_BTHD = decoder.attention(q_BTHD, k_BKSD, v_BKSD, visible_BTS, kv_axes="bksd")
+    return decoder.attention_output_and_mlp(cfg, x_BTD, attn_BTHD, p), kv_BKSD
 
 
 def forward_cached(
     cfg: decoder.ModelConfig,
-    params,
+    params: PerLayerParams,
     tokens,
     positions,
     cache,
@@ -89,29 +110,34 @@ def forward_cached(
 ):
     """Final-normed hidden [B, T, D] of tokens [B, T] written at cache slots slot..slot+T-1.
 
-    `params` with stacked layers or from `unstack_layers`; positions [B, T] are rope positions;
-    `cache` from `init_cache`; kv_mask [B, S] marks the real slots, this call's included; a query
-    at slot s sees slots <= s. `read_length` (static, >= slot + T) limits the attention to the
-    first read_length slots (the prefill's prompt slots); None reads all S. Returns (hidden,
-    new cache). The layers are unrolled (compile time grows with L) so each updates its own
-    buffer in place.
+    `params` from `unstack_layers`; positions [B, T] are rope positions; `cache` from
+    `init_cache`; kv_mask [B, S] marks the real slots, this call's included; a query at slot s
+    sees slots <= s. `read_length` (static, >= slot + T) limits the attention to the first
+    read_length slots (the prefill's prompt slots); None reads all S. Returns (hidden, new
+    cache). The layers are unrolled (compile time grows with L) so each updates its own buffer
+    in place.
 
-    A decode step reads the whole cache, unfilled slots included: in a one-off A/B on an H100
-    (Qwen3-1.7B, batch 64, 768 slots; the script was not kept, so treat the figures as a lead),
-    choosing a filled prefix per step with `lax.switch` cost more than it saved
-    (4.97 ms a step instead of 4.38: the prefix slices are copied before the dots, and
-    multiply-and-reduce attention, which reads a slice in place, is slower than the dots) and
-    compiled ~10x slower (100 s instead of 9).
+    A decode step reads the whole cache, unfilled slots included. Choosing a filled prefix per
+    step with `lax.switch` was tried and cost more than it saved, and compiled far slower: the
+    prefix slices are copied before the dots, and multiply-and-reduce attention, which reads a
+    slice in place, is slower than the dots.
     """
-    T, S = tokens.shape[1], kv_mask.shape[1]
+    tokens_BT, positions_BT, kv_mask_BS = tokens, positions, kv_mask
+    T, S = tokens_BT.shape[1], kv_mask_BS.shape[1]
     read_length = S if read_length is None else read_length
     visible_TS = jnp.arange(S)[None, :] <= slot + jnp.arange(T)[:, None]
-    visible_BTS = visible_TS[None] & kv_mask[:, None, :]
+    visible_BTS = visible_TS[None] & kv_mask_BS[:, None, :]
     inv_freq = decoder.rope_frequencies(cfg)
-    x = params["embed"].astype(jnp.dtype(cfg.compute_dtype))[tokens]
-    layers, new_cache = params["layers"], []
-    for i, kv in enumerate(cache):
-        p = layers[i] if isinstance(layers, tuple) else jax.tree.map(lambda w, i=i: w[i], layers)
-        x, kv = _block(cfg, x, p, positions, inv_freq, kv, slot, visible_BTS, read_length)
-        new_cache.append(kv)
-    return decoder.rms_norm(x, params["final_norm"], cfg.norm_eps), tuple(new_cache)
+    x_BTD = params.rest["embed"].astype(jnp.dtype(cfg.compute_dtype))[tokens_BT]
+    new_cache = []
+    for p, kv_BKSD in zip(params.layers, cache, strict=True):
+        x_BTD, kv_BKSD = _block(
+            cfg, x_BTD, p, positions_BT, inv_freq, kv_BKSD, slot, visible_BTS, read_length
+        )
+        new_cache.append(kv_BKSD)
+    return decoder.rms_norm(x_BTD, params.rest["final_norm"], cfg.norm_eps), tuple(new_cache)
+
+
+def logits_from_hidden(cfg: decoder.ModelConfig, params: PerLayerParams, hidden):
+    """`decoder.logits_from_hidden` on per-layer params: [..., D] -> [..., V] float32."""
+    return decoder.logits_from_hidden(cfg, params.rest, hidden)

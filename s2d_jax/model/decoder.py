@@ -1,9 +1,10 @@
 """The decoder: one pure-functional transformer for the Qwen3 and Llama 3 families.
 
 Parameters are a plain nested dict; layers are stacked on a leading `layers` axis and run with
-`lax.scan`, so a 64-layer model compiles as fast as a 2-layer one. Family differences (Qwen3 q/k
-RMSNorm, Llama 3 rope scaling, tied embeddings, attention biases) are `ModelConfig` fields.
-`param_axes(cfg)` gives the logical axis names of every parameter (see `sharding.py`).
+`lax.scan`, so compile time does not grow with the number of layers. Family differences (Qwen3
+q/k RMSNorm, Llama 3 rope scaling, tied embeddings, attention biases) are `ModelConfig` fields.
+`param_axes(cfg)` gives the logical axis names of every parameter (see distributed/sharding.py).
+The sampler reads the same weights one tree per layer (`cached_forward.PerLayerParams`).
 
     cfg = ModelConfig.preset("qwen3_1.7b")
     params = init_params(cfg, jax.random.key(0))
@@ -246,13 +247,14 @@ def rope_frequencies(cfg: ModelConfig) -> jax.Array:
 
 def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
     """Rotate [B, T, H, Dh] by positions [B, T] (rotate-half convention of transformers)."""
-    angles_BTF = positions[..., None].astype(jnp.float32) * inv_freq
-    cos = jnp.cos(jnp.concatenate([angles_BTF, angles_BTF], -1))[:, :, None, :]
-    sin = jnp.sin(jnp.concatenate([angles_BTF, angles_BTF], -1))[:, :, None, :]
-    x32 = x.astype(jnp.float32)
+    angles_BTF = positions[..., None].astype(jnp.float32) * inv_freq  # F = Dh / 2 frequencies
+    angles_BTD = jnp.concatenate([angles_BTF, angles_BTF], -1)
+    cos_BT1D = jnp.cos(angles_BTD)[:, :, None, :]
+    sin_BT1D = jnp.sin(angles_BTD)[:, :, None, :]
+    x32_BTHD = x.astype(jnp.float32)
     half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], -1)
-    return (x32 * cos + rotated * sin).astype(x.dtype)
+    rotated_BTHD = jnp.concatenate([-x32_BTHD[..., half:], x32_BTHD[..., :half]], -1)
+    return (x32_BTHD * cos_BT1D + rotated_BTHD * sin_BT1D).astype(x.dtype)
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
@@ -268,61 +270,68 @@ def attention(q_BTHD, k, v, visible_BTS, kv_axes: str = "bskd") -> jax.Array:
     """
     B, T, H, Dh = q_BTHD.shape
     K = k.shape[kv_axes.index("k")]
-    q_BTKGD = q_BTHD.reshape(B, T, K, H // K, Dh)
-    scores = jnp.einsum(f"btkgd,{kv_axes}->bkgts", q_BTKGD, k, preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(Dh)
+    q_BTKGD = q_BTHD.reshape(B, T, K, H // K, Dh)  # G = H / K query heads share a kv head
+    scores_BKGTS = jnp.einsum(
+        f"btkgd,{kv_axes}->bkgts", q_BTKGD, k, preferred_element_type=jnp.float32
+    )
+    scores_BKGTS = scores_BKGTS / math.sqrt(Dh)
     # A finite fill keeps fully-masked rows (padding queries) free of NaN.
-    scores = jnp.where(visible_BTS[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum(f"bkgts,{kv_axes}->btkgd", probs, v)
-    return out.reshape(B, T, H, Dh)
+    visible_B11TS = visible_BTS[:, None, None]
+    scores_BKGTS = jnp.where(visible_B11TS, scores_BKGTS, jnp.finfo(jnp.float32).min)
+    probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v.dtype)
+    out_BTKGD = jnp.einsum(f"bkgts,{kv_axes}->btkgd", probs_BKGTS, v)
+    return out_BTKGD.reshape(B, T, H, Dh)
 
 
 def attention_inputs(cfg: ModelConfig, x_BTD, p, positions_BT, inv_freq):
     """A block's first half: norm, q/k/v projections, q/k norms, rope -> q [B, T, H, Dh] and
     k, v [B, T, K, Dh] in x's dtype. `p` is one layer's params."""
     dt = x_BTD.dtype
-    h = rms_norm(x_BTD, p["attn_norm"], cfg.norm_eps)
-    q = jnp.einsum("btd,dhk->bthk", h, p["wq"].astype(dt))
-    k = jnp.einsum("btd,dhk->bthk", h, p["wk"].astype(dt))
-    v = jnp.einsum("btd,dhk->bthk", h, p["wv"].astype(dt))
+    h_BTD = rms_norm(x_BTD, p["attn_norm"], cfg.norm_eps)
+    q_BTHD = jnp.einsum("btd,dhk->bthk", h_BTD, p["wq"].astype(dt))
+    k_BTKD = jnp.einsum("btd,dhk->bthk", h_BTD, p["wk"].astype(dt))
+    v_BTKD = jnp.einsum("btd,dhk->bthk", h_BTD, p["wv"].astype(dt))
     if cfg.attention_bias:
-        q, k, v = q + p["bq"].astype(dt), k + p["bk"].astype(dt), v + p["bv"].astype(dt)
+        q_BTHD = q_BTHD + p["bq"].astype(dt)
+        k_BTKD = k_BTKD + p["bk"].astype(dt)
+        v_BTKD = v_BTKD + p["bv"].astype(dt)
     if cfg.qk_norm:
-        q = rms_norm(q, p["q_norm"], cfg.norm_eps)
-        k = rms_norm(k, p["k_norm"], cfg.norm_eps)
-    return apply_rope(q, positions_BT, inv_freq), apply_rope(k, positions_BT, inv_freq), v
+        q_BTHD = rms_norm(q_BTHD, p["q_norm"], cfg.norm_eps)
+        k_BTKD = rms_norm(k_BTKD, p["k_norm"], cfg.norm_eps)
+    q_BTHD = apply_rope(q_BTHD, positions_BT, inv_freq)
+    return q_BTHD, apply_rope(k_BTKD, positions_BT, inv_freq), v_BTKD
 
 
 def attention_output_and_mlp(cfg: ModelConfig, x_BTD, attn_BTHD, p):
     """A block's second half: output projection and residual, then the gated MLP -> [B, T, D]."""
     dt = x_BTD.dtype
-    out = jnp.einsum("bthk,hkd->btd", attn_BTHD, p["wo"].astype(dt))
+    out_BTD = jnp.einsum("bthk,hkd->btd", attn_BTHD, p["wo"].astype(dt))
     if cfg.attention_bias:
-        out = out + p["bo"].astype(dt)
-    x_BTD = x_BTD + out
-    h = rms_norm(x_BTD, p["mlp_norm"], cfg.norm_eps)
-    gate = jnp.einsum("btd,df->btf", h, p["w_gate"].astype(dt))
-    up = jnp.einsum("btd,df->btf", h, p["w_up"].astype(dt))
-    return x_BTD + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, p["w_down"].astype(dt))
+        out_BTD = out_BTD + p["bo"].astype(dt)
+    x_BTD = x_BTD + out_BTD
+    h_BTD = rms_norm(x_BTD, p["mlp_norm"], cfg.norm_eps)
+    gate_BTF = jnp.einsum("btd,df->btf", h_BTD, p["w_gate"].astype(dt))
+    up_BTF = jnp.einsum("btd,df->btf", h_BTD, p["w_up"].astype(dt))
+    mlp_BTF = jax.nn.silu(gate_BTF) * up_BTF
+    return x_BTD + jnp.einsum("btf,fd->btd", mlp_BTF, p["w_down"].astype(dt))
 
 
 def _run_layers(cfg, params, tokens_BT, positions_BT, visible_BTS):
     """Embedding, the scanned decoder blocks (rematerialised) and the final norm -> [B, T, D]."""
     dt = _dtype(cfg.compute_dtype)
-    x = params["embed"].astype(dt)[tokens_BT]
+    x_BTD = params["embed"].astype(dt)[tokens_BT]
     inv_freq = rope_frequencies(cfg)
 
     # Recompute each layer in the backward pass instead of keeping its attention activations
-    # for all L layers (200 GiB -> 10 GiB for Qwen3-1.7B at 4k tokens).
+    # (the [B, H, T, T] float32 scores among them) for all L layers at once.
     @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
-    def body(x, p):
-        q, k, v = attention_inputs(cfg, x, p, positions_BT, inv_freq)
-        attn = attention(q, k, v, visible_BTS)
-        return attention_output_and_mlp(cfg, x, attn, p), None
+    def body(x_BTD, p):
+        q_BTHD, k_BTKD, v_BTKD = attention_inputs(cfg, x_BTD, p, positions_BT, inv_freq)
+        attn_BTHD = attention(q_BTHD, k_BTKD, v_BTKD, visible_BTS)
+        return attention_output_and_mlp(cfg, x_BTD, attn_BTHD, p), None
 
-    x, _ = jax.lax.scan(body, x, params["layers"])
-    return rms_norm(x, params["final_norm"], cfg.norm_eps)
+    x_BTD, _ = jax.lax.scan(body, x_BTD, params["layers"])
+    return rms_norm(x_BTD, params["final_norm"], cfg.norm_eps)
 
 
 def unembedding(cfg: ModelConfig, params: Params) -> jax.Array:
@@ -332,8 +341,8 @@ def unembedding(cfg: ModelConfig, params: Params) -> jax.Array:
 
 def logits_from_hidden(cfg: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
     """[..., D] -> [..., V] float32 logits."""
-    w = unembedding(cfg, params).astype(hidden.dtype)
-    return jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32)
+    w_DV = unembedding(cfg, params).astype(hidden.dtype)
+    return jnp.einsum("...d,dv->...v", hidden, w_DV, preferred_element_type=jnp.float32)
 
 
 def _causal_visible(attention_mask_BT: jax.Array) -> jax.Array:
@@ -344,8 +353,8 @@ def _causal_visible(attention_mask_BT: jax.Array) -> jax.Array:
 
 def forward_hidden(cfg: ModelConfig, params: Params, tokens: jax.Array, attention_mask: jax.Array):
     """Final-normed hidden states [B, T, D] (compute dtype) for tokens [B, T] and mask [B, T]."""
-    positions = positions_from_mask(attention_mask)
-    return _run_layers(cfg, params, tokens, positions, _causal_visible(attention_mask))
+    positions_BT = positions_from_mask(attention_mask)
+    return _run_layers(cfg, params, tokens, positions_BT, _causal_visible(attention_mask))
 
 
 def forward(cfg: ModelConfig, params: Params, tokens: jax.Array, attention_mask: jax.Array):

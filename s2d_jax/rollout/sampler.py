@@ -8,7 +8,11 @@ Prompts are left-padded to a length `bucket` P (16, 24, 32, 48, 64, ...) and the
 P + N_bucket slots, so one stage compiles the prefill and the decode loop once per bucket, not
 once per batch. The prefill runs the first P - 1 prompt slots (its logits are never materialised);
 the decode loop then feeds one token per step, starting with the last prompt token, so every
-sampled token comes out of the same single-token step function.
+sampled token comes out of the same single-token step function. Those two jitted phases and the
+state they pass on are in phases.py; this module pads and checks the inputs and calls them.
+
+The decode reads the weights as `cached_forward.PerLayerParams`; `generate` also takes the
+stacked training params and unstacks them itself (`sampling_weights`).
 
 A row's randomness is `fold_in(fold_in(key(seed), row), step)`: it depends on the seed, its row
 index and its own prompt only, never on the other rows of the batch or on their lengths.
@@ -16,7 +20,6 @@ index and its own prompt only, never on the other rows of the batch or on their 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -28,11 +31,16 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as Spec
 
 from s2d_jax.model import decoder
-from s2d_jax.model.cached_forward import forward_cached, init_cache, unstack_layers
-from s2d_jax.rollout.token_selection import sample_tokens
+from s2d_jax.model.cached_forward import PerLayerParams, unstack_layers
+from s2d_jax.rollout.phases import (
+    DataAxis,
+    SamplerState,
+    Settings,
+    decode_loop_jit,
+    prefill_jit,
+)
 
 MIN_BUCKET = 16
-DataAxis = str | tuple[str, ...]  # one mesh axis, or several that rows are split over together
 
 
 @flax.struct.dataclass
@@ -62,39 +70,6 @@ class Rollout:
         return jnp.concatenate([self.prompt_mask, self.completion_mask], axis=1)
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """How tokens are picked and when a row ends; static (hashed into the jit cache key)."""
-
-    temperature: float
-    top_k: int
-    top_p: float
-    eos_ids: tuple[int, ...]
-    pad_id: int
-
-
-@flax.struct.dataclass
-class SamplerState:
-    """Carry of the decode loop. Static settings are part of the jit cache key, not arrays.
-
-    S = P + N_bucket cache slots; the token fed at step i sits in slot P - 1 + i.
-    """
-
-    prompt: jax.Array  # [B, P] int32 left-padded prompt tokens
-    completion: jax.Array  # [B, N_bucket] int32 sampled tokens, pad_id where none
-    logprobs: jax.Array  # [B, N_bucket] float32
-    last_token: jax.Array  # [B] int32: the token fed at the next step
-    positions: jax.Array  # [B] int32: its rope position
-    done: jax.Array  # [B] bool: emitted EOS (or is a batch-padding row)
-    lengths: jax.Array  # [B] int32
-    kv_mask: jax.Array  # [B, S] bool: real prompt slots, and every completion slot
-    cache: tuple  # init_cache layout: per layer {"k", "v"} [B, K, S, Dh]
-    row_keys: jax.Array  # [B] PRNG keys
-    step: jax.Array  # [] int32
-    max_new_tokens: jax.Array  # [] int32 (dynamic, so every length in a bucket shares a compile)
-    settings: Settings | None = flax.struct.field(pytree_node=False)
-
-
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
     """The padded length for `n` tokens: the smallest power of two or 1.5 x power of two that is
     >= max(n, minimum) (16, 24, 32, 48, 64, 96, 128, 192, ...).
@@ -108,117 +83,10 @@ def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
 
 
 def cache_bytes(cfg: decoder.ModelConfig, batch: int, length: int) -> int:
-    """Bytes of the K and V caches (`init_cache`) for `batch` rows of `length` slots."""
+    """Bytes of the K and V caches (`cached_forward.init_cache`) for `batch` rows of `length`
+    slots."""
     itemsize = jnp.dtype(cfg.compute_dtype).itemsize
     return 2 * cfg.n_layers * batch * length * cfg.n_kv_heads * cfg.head_dim * itemsize
-
-
-# ----------------------------------------------------------------------------- jitted phases
-
-
-def _constrain(x, mesh, data_axis: DataAxis):
-    """Shard x's leading (batch) dimension over the data axes (no-op without a mesh); the other
-    dimensions are left to XLA (e.g. kv heads split like tensor-parallel K/V weights)."""
-    if mesh is None:
-        return x
-    spec = Spec(data_axis, *[Spec.UNCONSTRAINED] * (x.ndim - 1))
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
-
-
-def _prefill_arrays(
-    params,
-    prompt_BP,
-    prompt_mask_BP,
-    active_B,
-    seed,
-    max_new_tokens,
-    pad_id,
-    *,
-    cfg,
-    gen_bucket,
-    mesh,
-    data_axis,
-):
-    """Fill the cache with prompt slots 0..P-2 [B, P] and build the decode loop's initial state.
-
-    The sampling settings are left out (None), so that one prefill compile serves them all.
-    """
-    B, P = prompt_BP.shape
-    S = P + gen_bucket
-    kv_mask_BS = jnp.concatenate([prompt_mask_BP, jnp.ones((B, gen_bucket), bool)], axis=1)
-    positions_BP = decoder.positions_from_mask(prompt_mask_BP)
-    cache = init_cache(cfg, B, S)
-    cache = jax.tree.map(lambda c: _constrain(c, mesh, data_axis), cache)
-    # The prompt's attention reads only the P prompt slots, not the S - P completion slots.
-    _, cache = forward_cached(
-        cfg, params, prompt_BP[:, :-1], positions_BP[:, :-1], cache, 0, kv_mask_BS, P
-    )
-    rows = _constrain(jnp.arange(B), mesh, data_axis)
-    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), rows)
-    return SamplerState(
-        prompt=prompt_BP,
-        completion=jnp.full((B, gen_bucket), pad_id, jnp.int32),
-        logprobs=jnp.zeros((B, gen_bucket), jnp.float32),
-        last_token=prompt_BP[:, -1],
-        positions=positions_BP[:, -1],
-        done=~active_B,
-        lengths=jnp.zeros((B,), jnp.int32),
-        kv_mask=kv_mask_BS,
-        cache=cache,
-        row_keys=row_keys,
-        step=jnp.zeros((), jnp.int32),
-        max_new_tokens=jnp.asarray(max_new_tokens, jnp.int32),
-        settings=None,
-    )
-
-
-def _decode_step(state: SamplerState, params, cfg) -> SamplerState:
-    """Feed last_token [B] at slot P-1+step, sample the next token, record it."""
-    hidden_B1D, cache = forward_cached(
-        cfg,
-        params,
-        state.last_token[:, None],
-        state.positions[:, None],
-        state.cache,
-        state.prompt.shape[1] - 1 + state.step,
-        state.kv_mask,
-    )
-    logits_BV = decoder.logits_from_hidden(cfg, params, hidden_B1D[:, 0])
-    keys_B = jax.vmap(jax.random.fold_in, (0, None))(state.row_keys, state.step)
-    settings = state.settings
-    token_B, logprob_B = sample_tokens(
-        logits_BV,
-        keys_B,
-        temperature=settings.temperature,
-        top_k=settings.top_k,
-        top_p=settings.top_p,
-    )
-    token_B = jnp.where(state.done, settings.pad_id, token_B)
-    logprob_B = jnp.where(state.done, 0.0, logprob_B)
-    is_eos_B = jnp.zeros_like(state.done)
-    for eos in settings.eos_ids:
-        is_eos_B = is_eos_B | (token_B == eos)
-    return state.replace(
-        completion=jax.lax.dynamic_update_slice(
-            state.completion, token_B[:, None], (0, state.step)
-        ),
-        logprobs=jax.lax.dynamic_update_slice(state.logprobs, logprob_B[:, None], (0, state.step)),
-        last_token=token_B,
-        positions=state.positions + 1,
-        done=state.done | is_eos_B,
-        lengths=state.lengths + (~state.done).astype(jnp.int32),
-        cache=cache,
-        step=state.step + 1,
-    )
-
-
-def decode_loop(state: SamplerState, params, cfg: decoder.ModelConfig) -> SamplerState:
-    """Decode until every row is done or max_new_tokens steps ran (one `lax.while_loop`)."""
-
-    def running(s):
-        return (s.step < s.max_new_tokens) & ~jnp.all(s.done)
-
-    return jax.lax.while_loop(running, lambda s: _decode_step(s, params, cfg), state)
 
 
 def to_rollout(state: SamplerState, rows: int, max_new_tokens: int) -> Rollout:
@@ -237,24 +105,35 @@ def to_rollout(state: SamplerState, rows: int, max_new_tokens: int) -> Rollout:
     )
 
 
-def _jit_prefill(fn):
-    """The prefill's jit: one compile per (config, buckets, batch size, mesh)."""
-    return jax.jit(fn, static_argnames=("cfg", "gen_bucket", "mesh", "data_axis"))
-
-
-def _jit_decode_loop(fn):
-    """The decode loop's jit: state donated, so the cache is updated in place across calls."""
-    return jax.jit(fn, static_argnames=("cfg",), donate_argnames=("state",))
-
-
-# Module-level jits, so their compile caches live as long as the process (tests swap in counters).
-_prefill_jit = _jit_prefill(_prefill_arrays)
-_decode_loop_jit = _jit_decode_loop(decode_loop)
 _to_rollout_jit = jax.jit(to_rollout, static_argnames=("rows", "max_new_tokens"))
 _unstack_layers_jit = jax.jit(unstack_layers, static_argnames=("dtype",))
 
 
 # ----------------------------------------------------------------------------- entry point
+
+
+def sampling_weights(
+    cfg: decoder.ModelConfig, params: decoder.Params | PerLayerParams
+) -> PerLayerParams:
+    """The weights as the decode reads them: `PerLayerParams` as they are; stacked params
+    (`decoder.init_params`' layout) copied into per-layer buffers in the compute dtype, by one
+    jitted `cached_forward.unstack_layers`.
+
+    Decoding off stacked weights would slice each layer out of them inside the decode loop, and
+    XLA copies those slices at every step; the per-layer copy is made once a call instead, at the
+    cost of the weights' memory once more while it lives.
+    """
+    if isinstance(params, PerLayerParams):
+        return params
+    return _unstack_layers_jit(params, dtype=cfg.compute_dtype)
+
+
+def _check_weights(params) -> None:
+    if not isinstance(params, PerLayerParams):
+        raise TypeError(
+            "prefill and decode take cached_forward.PerLayerParams (sampling_weights(cfg, params) "
+            f"of stacked params); got {type(params).__name__}"
+        )
 
 
 def make_settings(cfg, *, temperature, top_p, top_k, eos_id, pad_id) -> Settings:
@@ -307,6 +186,13 @@ def _axes(data_axis: DataAxis) -> tuple[str, ...]:
     return (data_axis,) if isinstance(data_axis, str) else tuple(data_axis)
 
 
+def padded_rows(rows: int, mesh: jax.sharding.Mesh | None, data_axis: DataAxis) -> int:
+    """`rows` rounded up to a multiple of the data axes' total size: the batch the jitted phases
+    run, idle rows included (`rows` itself without a mesh)."""
+    shards = 1 if mesh is None else math.prod(mesh.shape[a] for a in _axes(data_axis))
+    return math.ceil(rows / shards) * shards
+
+
 def _left_pad(prompts, width: int, pad_id: int):
     tokens = np.full((len(prompts), width), pad_id, np.int32)
     mask = np.zeros((len(prompts), width), bool)
@@ -318,7 +204,7 @@ def _left_pad(prompts, width: int, pad_id: int):
 
 def prefill(
     cfg: decoder.ModelConfig,
-    params,
+    params: PerLayerParams,
     prompts: Sequence[Sequence[int]],
     settings: Settings,
     *,
@@ -330,25 +216,25 @@ def prefill(
 ) -> SamplerState:
     """Left-pad the prompts to their bucket and run the jitted prefill (arguments as `generate`).
 
-    `params` stacked or from `unstack_layers`; `decode` must get the same. With a mesh the
-    batch is padded with idle rows to a multiple of the data axes' size.
+    `params` per layer (`sampling_weights`); `decode` must get the same. With a mesh the batch
+    is padded with idle rows to a multiple of the data axes' size.
     """
+    _check_weights(params)
     _check_batch(cfg, prompts, max_new_tokens, num_samples, mesh, data_axis)
     pad_id = settings.pad_id
     width = bucket(max(len(p) for p in prompts))
     tokens, mask = _left_pad(prompts, width, pad_id)
     tokens, mask = np.repeat(tokens, num_samples, 0), np.repeat(mask, num_samples, 0)
     rows = tokens.shape[0]
-    shards = 1 if mesh is None else math.prod(mesh.shape[a] for a in _axes(data_axis))
-    padded_rows = math.ceil(rows / shards) * shards
-    extra = padded_rows - rows
+    batch = padded_rows(rows, mesh, data_axis)
+    extra = batch - rows
     tokens = np.concatenate([tokens, np.full((extra, width), pad_id, np.int32)])
     mask = np.concatenate([mask, np.ones((extra, width), bool)])  # a finite dummy prompt
-    active = np.arange(padded_rows) < rows
+    active = np.arange(batch) < rows
     if mesh is not None:
         batch_sharding = NamedSharding(mesh, Spec(_axes(data_axis)))
         tokens, mask, active = jax.device_put((tokens, mask, active), batch_sharding)
-    state = _prefill_jit(
+    state = prefill_jit(
         params,
         tokens,
         mask,
@@ -366,7 +252,7 @@ def prefill(
 
 def generate(
     cfg: decoder.ModelConfig,
-    params,
+    params: decoder.Params | PerLayerParams,
     prompts: Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
@@ -379,28 +265,28 @@ def generate(
     num_samples: int = 1,
     mesh: jax.sharding.Mesh | None = None,
     data_axis: DataAxis = "data",
-    unstack: bool = True,
 ) -> Rollout:
     """Sample up to max_new_tokens tokens after each prompt (a list of token-id lists).
 
     Each prompt yields `num_samples` rows, prompt-major (the GRPO group layout). A row stops at
     its first token in `eos_id` (one id or several; an empty tuple never stops early): that EOS
     token is part of the completion (mask True, log-prob recorded), every later slot holds pad_id
-    with mask False. Sampling is `sample_tokens` (temperature, then top-k, then top-p); the
+    with mask False. Sampling is `token_selection.sample_tokens` (temperature, then top-k, then top-p); the
     log-probs are of the untruncated tempered distribution (see there why). `params` may be
     sharded or replicated on `mesh`; the rows are then sharded over `data_axis` (one mesh axis
     or a tuple of them, e.g. ("data", "fsdp")), padded with idle rows to a multiple of the
-    product of their sizes. `unstack` copies the layer weights into per-layer buffers for the call
-    (`unstack_layers`, a few ms): XLA would otherwise copy slices of the stacked weights at every
-    step (a one-off H100 A/B, script not kept: 7.2 ms a step stacked, 5.0 unstacked), at the
-    cost of that memory; turn it off when it won't fit.
+    product of their sizes.
+
+    `params` are the stacked training params, copied for the call into per-layer buffers in the
+    compute dtype (`sampling_weights` says why), or `PerLayerParams` made beforehand
+    (`cached_forward.unstack_layers`, `placement.sampling_params`), used as they are (the call
+    copies nothing).
     """
     settings = make_settings(
         cfg, temperature=temperature, top_p=top_p, top_k=top_k, eos_id=eos_id, pad_id=pad_id
     )
     _check_batch(cfg, prompts, max_new_tokens, num_samples, mesh, data_axis)  # before unstacking
-    if unstack:
-        params = _unstack_layers_jit(params, dtype=cfg.compute_dtype)
+    params = sampling_weights(cfg, params)
     state = prefill(
         cfg,
         params,
@@ -416,9 +302,10 @@ def generate(
     return _to_rollout_jit(state, len(prompts) * num_samples, max_new_tokens)
 
 
-def decode(cfg: decoder.ModelConfig, params, state: SamplerState) -> SamplerState:
+def decode(cfg: decoder.ModelConfig, params: PerLayerParams, state: SamplerState) -> SamplerState:
     """Run the jitted decode loop on a state from `prefill`; the state's buffers are donated.
 
     `params` as given to `prefill`.
     """
-    return _decode_loop_jit(state, params, cfg=cfg)
+    _check_weights(params)
+    return decode_loop_jit(state, params, cfg=cfg)

@@ -7,17 +7,18 @@ Nothing is allocated: the model, the train state (params + AdamW moments) and th
 abstract (`jax.ShapeDtypeStruct` with their shardings), and each function is lowered and
 compiled (`jax.jit(...).lower(...).compile()`) for `--devices` fake CPU devices arranged as
 `--mesh data,fsdp,tensor`; `compiled.memory_analysis()` then gives the bytes of one device:
-arguments, outputs, the part of them aliased (donated state, cache), temporaries, and
+arguments, outputs, the part of them aliased (donated train or decode state), temporaries, and
 total = arguments + outputs - aliased + temporaries.
 
 Three programs are compiled: the train step (`steps.jit_train_step`, TRAIN_RULES, state
 donated: float32 master weights and AdamW moments, compute in `--dtype`; `--objective` picks the
 loss, the distillation ones also take `--teacher_preset`'s frozen params, stored in `--dtype`),
-the sampler's prefill (`cached_forward.forward_cached` over the prompt, cache donated)
-and one sampler decode step (the same with T = 1, plus the logits), both under SAMPLE_RULES on
-per-layer weights as the pipeline samples. A stage that trains while it samples (GRPO, on-policy
-KL) also holds its train state: add the train step's arguments. The sampler reads its own copy
-of the weights in `--dtype`.
+then the sampler's prefill and its decode loop (reported as `decode_step`: every step runs in
+the same donated buffers), the very jitted functions `sampler.generate` runs
+(`phases.prefill_jit`, `phases.decode_loop_jit`), on per-layer weights under SAMPLE_RULES as the
+pipeline samples. A stage that trains while it samples (GRPO, on-policy KL) also holds its train
+state: add the train step's arguments. The sampler reads its own copy of the weights in
+`--dtype`.
 
 These are estimates for TPU/GPU: the CPU compiler makes its own fusion, layout and scheduling
 choices, so treat temporaries as approximate (about +-30%); arguments and outputs (params,
@@ -125,59 +126,58 @@ def train_step_memory(model_cfg, mesh, *, batch: int, seq: int, step_cfg, teache
 
 
 def sampler_memory(model_cfg, mesh, *, batch: int, prompt_len: int, cache_len: int):
-    """Compile the sampler's prefill ([batch, prompt_len]) and one decode step; per-device bytes.
+    """Compile the sampler's own jitted phases, `phases.prefill_jit` ([batch, prompt_len] prompt
+    slots, cache_len slots in all) and `phases.decode_loop_jit`; per-device bytes of each.
 
-    Both are `cached_forward.forward_cached` on per-layer weights laid out by SAMPLE_RULES, as the
-    pipeline samples (`placement.sampling_params`). Whatever the caller keeps alive beside them
-    (a GRPO stage's train state, a teacher's frozen params) is not included.
+    They are lowered as `sampler.generate` calls them in the pipeline: per-layer weights laid
+    out by SAMPLE_RULES (`placement.sampling_params`), rows split over
+    `sharding.BATCH_AXES` (padded like the sampler pads them), and the decode state with
+    the shardings the compiled prefill gives it. The decode loop runs every step in the same
+    (donated) buffers, so its figure is that of one decode step; it samples at temperature 1
+    without top-k / top-p cuts. Whatever the caller keeps alive beside them (a GRPO stage's train
+    state, a teacher's frozen params) is not included.
     """
     import jax
     import jax.numpy as jnp
+    import numpy as np
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as Spec
 
     from s2d_jax.distributed import sharding as sh
     from s2d_jax.model import cached_forward, decoder
+    from s2d_jax.rollout import phases, sampler
 
-    rules = sh.SAMPLE_RULES
-    p_shardings = sh.param_shardings(mesh, model_cfg, rules)
+    gen_bucket = cache_len - prompt_len
+    if gen_bucket < 1:
+        raise SystemExit(f"--seq {cache_len} (cache slots) must exceed --prompt_len {prompt_len}")
+    p_shardings = sh.param_shardings(mesh, model_cfg, sh.SAMPLE_RULES)
     unstack = functools.partial(cached_forward.unstack_layers, dtype=model_cfg.compute_dtype)
     params = _abstract(
         jax.eval_shape(unstack, decoder.abstract_params(model_cfg)),
         sh.per_layer_shardings(p_shardings, model_cfg.n_layers),
     )
-    c_shardings = sh.cache_shardings(mesh, model_cfg, batch, cache_len, rules)
-    cache = _abstract(
-        jax.eval_shape(lambda: cached_forward.init_cache(model_cfg, batch, cache_len)),
-        c_shardings,
+    data_axis = sh.BATCH_AXES
+    rows = NamedSharding(mesh, Spec(data_axis))
+    B = sampler.padded_rows(batch, mesh, data_axis)
+    prompt = jax.ShapeDtypeStruct((B, prompt_len), jnp.int32, sharding=rows)
+    prompt_mask = jax.ShapeDtypeStruct((B, prompt_len), jnp.bool_, sharding=rows)
+    active = jax.ShapeDtypeStruct((B,), jnp.bool_, sharding=rows)
+    statics = dict(cfg=model_cfg, gen_bucket=gen_bucket, mesh=mesh, data_axis=data_axis)
+    start = time.time()
+    # seed, max_new_tokens and pad_id as `sampler.prefill` passes them: NumPy and Python scalars.
+    lowered = phases.prefill_jit.lower(
+        params, prompt, prompt_mask, active, np.uint32(0), gen_bucket, 0, **statics
     )
-    rows = NamedSharding(mesh, sh.logical_to_spec(mesh, ("act_batch",), rules, (batch,)))
-    index = jax.ShapeDtypeStruct((), jnp.int32, sharding=sh.replicated(mesh))
-    kv_mask = jax.ShapeDtypeStruct((batch, cache_len), jnp.bool_, sharding=rows)
-    vocab = sh.logical_to_spec(mesh, ("act_vocab",), rules, (model_cfg.vocab_size,))[0]
-    logits_sharding = NamedSharding(mesh, Spec(rows.spec[0], None, vocab))
+    prefill = lowered.compile()
+    out = {"prefill": memory_of(prefill) | {"compile_s": round(time.time() - start, 1)}}
 
-    def prefill(params, tokens, positions, cache, index, kv_mask):
-        return cached_forward.forward_cached(
-            model_cfg, params, tokens, positions, cache, index, kv_mask, prompt_len
-        )[1]
-
-    def decode_step(params, tokens, positions, cache, index, kv_mask):
-        hidden, cache = cached_forward.forward_cached(
-            model_cfg, params, tokens, positions, cache, index, kv_mask
-        )
-        return decoder.logits_from_hidden(model_cfg, params, hidden), cache
-
-    out = {}
-    for name, fn, T, out_shardings in (
-        ("prefill", prefill, prompt_len, c_shardings),
-        ("decode_step", decode_step, 1, (logits_sharding, c_shardings)),
-    ):
-        tokens = jax.ShapeDtypeStruct((batch, T), jnp.int32, sharding=rows)
-        start = time.time()
-        jitted = jax.jit(fn, out_shardings=out_shardings, donate_argnums=(3,))
-        compiled = jitted.lower(params, tokens, tokens, cache, index, kv_mask).compile()
-        out[name] = memory_of(compiled) | {"compile_s": round(time.time() - start, 1)}
+    settings = sampler.make_settings(
+        model_cfg, temperature=1.0, top_p=1.0, top_k=0, eos_id=0, pad_id=0
+    )
+    state = _abstract(lowered.out_info, prefill.output_shardings).replace(settings=settings)
+    start = time.time()
+    decode = phases.decode_loop_jit.lower(state, params, cfg=model_cfg).compile()
+    out["decode_step"] = memory_of(decode) | {"compile_s": round(time.time() - start, 1)}
     return out
 
 
@@ -305,7 +305,7 @@ def format_report(report: dict, args: argparse.Namespace) -> str:
         "train_step": f"train step ({args.objective}, batch {args.batch} x {args.seq})",
         "prefill": f"sampler prefill (batch {args.sample_batch or args.batch}, "
         f"prompt {args.prompt_len}, cache {args.seq})",
-        "decode_step": "sampler decode step",
+        "decode_step": "sampler decode loop (the buffers of one step)",
     }
     for key, title in titles.items():
         if key in report:
