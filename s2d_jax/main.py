@@ -3,6 +3,7 @@
 Flags, optional multi-host initialisation, global JAX flags, then `pipeline.run`. Nothing else.
 """
 
+import functools
 import gc
 import os
 import sys
@@ -30,6 +31,11 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "With --distributed: this process's index (default: detected)."
 )
+_ACCEPT_CHANGES = flags.DEFINE_bool(
+    "accept_config_changes",
+    False,
+    "On a rerun, run stages not yet started with a changed config (finished ones never change).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -47,7 +53,11 @@ def main(argv):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     # Random bits that do not depend on how an array is sharded: results match across meshes.
     jax.config.update("jax_threefry_partitionable", True)
-    run_reporting_errors(pipeline.run, _CONFIG.value, _WORKDIR.value)
+    run_reporting_errors(
+        functools.partial(pipeline.run, accept_config_changes=_ACCEPT_CHANGES.value),
+        _CONFIG.value,
+        _WORKDIR.value,
+    )
 
 
 def run_reporting_errors(fn, *args) -> None:

@@ -30,6 +30,7 @@ from s2d_jax.workflow import (
     loading,
     random_models,
     report,
+    rerun,
     run_lock,
     stage_loop,
     stages,
@@ -46,18 +47,22 @@ def validate(config) -> RunConfig:
     return config_lib.parse(config)
 
 
-def run(config, workdir, devices=None) -> dict:
+def run(config, workdir, devices=None, *, accept_config_changes: bool = False) -> dict:
     """Validate everything, then run the stages; returns {stage name: summary}.
 
-    The mesh spans `devices` (default: every device of every process).
+    The mesh spans `devices` (default: every device of every process). A rerun of a workdir
+    checks the config against the one it ran with (`rerun.py`); `accept_config_changes` lets
+    changes that touch only stages not yet started through.
     """
     workdir = Path(workdir)
     run_cfg = config_lib.parse(config)
     mesh = placement.build_mesh(run_cfg.mesh, devices)  # before any file: sizes are checked
     workdir.mkdir(parents=True, exist_ok=True)
     with run_lock.hold(workdir, enabled=jax.process_index() == 0):  # one process locks for all
+        changes = rerun.check(workdir, run_cfg, accept_changes=accept_config_changes)
         if jax.process_index() == 0:
             (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+            rerun.record(workdir, run_cfg, changes)
         return _run_locked(run_cfg, workdir, mesh)
 
 
