@@ -43,7 +43,9 @@ def test_a_change_to_a_finished_or_started_stage_stops_naming_the_field(tmp_path
     with pytest.raises(ValueError, match=r"'direct_grpo' \(started\): stages\.direct_grpo\.optim"):
         _check(workdir, accept=True, **{"stages.direct_grpo.optim.lr": 0.5})
     # a change to a stage another one reads reaches the reader too
-    with pytest.raises(ValueError, match=r"(?s)'student_sft' \(finished\).*'direct_grpo' \(started\)"):
+    with pytest.raises(
+        ValueError, match=r"(?s)'student_sft' \(finished\).*'direct_grpo' \(started\)"
+    ):
         _check(workdir, accept=True, **{"stages.student_sft.steps": 3})
     with pytest.raises(ValueError, match=r"seed 0 -> 1"):
         _check(workdir, accept=True, seed=1)
