@@ -13,7 +13,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from s2d_jax.workflow import pipeline
+from s2d_jax.workflow import pipeline, plan
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
@@ -36,6 +36,9 @@ _ACCEPT_CHANGES = flags.DEFINE_bool(
     False,
     "On a rerun, run stages not yet started with a changed config (finished ones never change).",
 )
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Check everything and print the plan; load no weights, compile nothing."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -53,6 +56,11 @@ def main(argv):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     # Random bits that do not depend on how an array is sharded: results match across meshes.
     jax.config.update("jax_threefry_partitionable", True)
+    if _DRY_RUN.value:
+        run_reporting_errors(
+            lambda *args: print(plan.describe(*args)), _CONFIG.value, _WORKDIR.value
+        )
+        return
     run_reporting_errors(
         functools.partial(pipeline.run, accept_config_changes=_ACCEPT_CHANGES.value),
         _CONFIG.value,

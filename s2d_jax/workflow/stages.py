@@ -258,6 +258,8 @@ class StageKind:
     uses_teacher: bool  # the frozen teacher is loaded (`teacher` reference)
     uses_labels: bool  # the verifier grades against the pool's answers (labeled examples spent)
     objectives: tuple[str, ...]  # the `loss` values it takes; "" means the first
+    # what is sampled: "none", "policy" (every update) or "teacher_once" (the pool, cached)
+    rollouts: str
     make_batches: Callable | None
     diagnostics: Callable | None = None
 
@@ -266,15 +268,21 @@ class StageKind:
 
 
 KINDS = {
-    "sft": StageKind(True, False, False, ("sft",), sft_batches),
-    "grpo": StageKind(True, False, True, ("grpo",), grpo_batches),
+    "sft": StageKind(True, False, False, ("sft",), "none", sft_batches),
+    "grpo": StageKind(True, False, True, ("grpo",), "policy", grpo_batches),
     "forward_kl": StageKind(
-        True, True, False, ("forward_kl", "forward_kl_hard"), forward_kl_batches, c2_kl
+        True,
+        True,
+        False,
+        ("forward_kl", "forward_kl_hard"),
+        "teacher_once",
+        forward_kl_batches,
+        c2_kl,
     ),
     "on_policy_kl": StageKind(
-        True, True, False, ("reverse_kl", "sampled_reverse_kl"), on_policy_kl_batches
+        True, True, False, ("reverse_kl", "sampled_reverse_kl"), "policy", on_policy_kl_batches
     ),
-    "eval": StageKind(False, False, False, (), None),
+    "eval": StageKind(False, False, False, (), "none", None),
 }
 
 
