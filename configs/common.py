@@ -146,6 +146,7 @@ def _stage(kind, model, init_from, data, steps, batch_size, max_new_tokens, lr, 
         init_from=init_from,  # "base" | name of an earlier stage | a Hugging Face directory
         teacher="",  # distillation stages: "base" | earlier stage name | HF directory
         data=data,  # prompt pool: a split name of the task (e.g. "rl", "rl_1h", "train")
+        max_prompt_tokens=0,  # longer prompts are dropped from the pool (counted); 0: no cap
         steps=steps,  # optimizer updates; 0 means `epochs` passes over the pool
         epochs=1,
         batch_size=batch_size,  # prompts per step (grpo, on_policy_kl) or sequences (sft, forward_kl)

@@ -31,9 +31,10 @@ file s2d_jax/data/files/tiny_dapo_math.jsonl, 2 steps a stage, on CPU in a few m
 
 from configs import common
 
-# Paper Table 7 (GRPO: direct, Stage 3) and Table 8 (OPD / transfer stages).
-GRPO = dict(lr=1e-6, prompts=8, group=8, max_new=16384, epochs=10)
-TRANSFER = dict(lr=1e-6, prompts=64, rollouts=8, max_new=16384, epochs=1)
+# Paper Table 7 (GRPO: direct, Stage 3) and Table 8 (OPD / transfer stages). `max_prompt` is
+# their max prompt length: longer prompts are dropped from a stage's pool (counted in the report).
+GRPO = dict(lr=1e-6, prompts=8, group=8, max_new=16384, max_prompt=3072, epochs=10)
+TRANSFER = dict(lr=1e-6, prompts=64, rollouts=8, max_new=16384, max_prompt=2048, epochs=1)
 # pair -> (teacher preset, student preset): the checkpoints given must have these dimensions.
 PAIRS = {
     "qwen3_8b": ("qwen3_8b", "qwen3_1.7b"),
@@ -103,15 +104,17 @@ def _grpo(model, init_from, data):
         model, init_from, data, 0, GRPO["prompts"], GRPO["group"], GRPO["max_new"], GRPO["lr"]
     )
     stage.epochs = GRPO["epochs"]
+    stage.max_prompt_tokens = GRPO["max_prompt"]
     stage.micro_batches = GRPO["prompts"] * GRPO["group"] // MICRO_BATCH_ROWS
     return stage
 
 
 def _bridge(stages, teacher, data, fkl=True, opd=True):
     t = TRANSFER
+    cap = dict(max_prompt_tokens=t["max_prompt"])
     if fkl:
         stages.fkl = common.forward_kl_stage(
-            "base", teacher, data, 0, t["prompts"], t["rollouts"], t["max_new"], t["lr"]
+            "base", teacher, data, 0, t["prompts"], t["rollouts"], t["max_new"], t["lr"], **cap
         )
     if opd:
         stages.opd = common.on_policy_kl_stage(
@@ -123,6 +126,7 @@ def _bridge(stages, teacher, data, fkl=True, opd=True):
             t["rollouts"],
             t["max_new"],
             t["lr"],
+            **cap,
         )
     if fkl:  # batch_size counts teacher rollouts (sequences)
         stages.fkl.micro_batches = t["prompts"] // MICRO_BATCH_ROWS

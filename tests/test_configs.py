@@ -71,6 +71,9 @@ def _paper(arm, paths, **extra):
     return shrink_config(config, **extra)
 
 
+PAPER_CAPS = {"grpo": 3072, "forward_kl": 2048, "on_policy_kl": 2048}
+
+
 @pytest.mark.parametrize("arm", paper.ARMS)
 def test_paper_arms_validate(arm, checkpoints):
     plan = pipeline.validate(_paper(arm, checkpoints))
@@ -78,6 +81,8 @@ def test_paper_arms_validate(arm, checkpoints):
     assert ("grpo" in kinds) == (arm not in ("raw",))
     assert ("forward_kl" in kinds) == (arm not in ("direct", "no_fkl"))
     assert ("on_policy_kl" in kinds) == (arm not in ("direct", "no_opd"))
+    caps = {s.kind: s.max_prompt_tokens for s in plan.stages}  # the paper's prompt lengths
+    assert caps == {k: c for k, c in PAPER_CAPS.items() if k in kinds}
     if arm in ("half", "replay", "sft_teacher"):
         assert plan.stages[-1].name == "stage3"
         assert plan.stages[-1].data == ("train_1h" if arm == "replay" else "train_2h")
@@ -276,6 +281,10 @@ def _tiny_with(path, value):
     [
         (("stages", "fkl", "steps", -3), r"config\.stages\.fkl\.steps = -3; expected >= 0"),
         (("stages", "fkl", "batch_size", 0), r"config\.stages\.fkl\.batch_size = 0; expected >= 1"),
+        (
+            ("stages", "fkl", "max_prompt_tokens", -1),
+            r"config\.stages\.fkl\.max_prompt_tokens = -1; expected >= 0",
+        ),
         (("stages", "opd", "optim", "lr", -1.0), r"config\.stages\.opd\.optim\.lr = -1\.0"),
         (("stages", "opd", "optim", "lr", 0.0), r"a on_policy_kl stage needs lr > 0"),
         (

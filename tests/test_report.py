@@ -42,3 +42,16 @@ def test_report_shows_truncation_and_grader_failures_per_split(tmp_path):
     text = report.write_report(tmp_path, "T=teacher,S=student", summaries, {})
     assert "| T | math500 | 12.5% | 3 | 1 | 0 | 2 |" in text
     assert report.grading_table([("W", "sft")], summaries) == ""
+
+
+def test_report_counts_the_prompts_each_capped_pool_dropped(tmp_path):
+    pool = {"data/pool_size": 100.0, "data/prompts_dropped": 7.0, "data/max_prompt_tokens": 2048.0}
+    uncapped = {"data/pool_size": 64.0, "data/prompts_dropped": 0.0, "data/max_prompt_tokens": 0.0}
+    summaries = {"fkl": pool, "sft": uncapped, "eval": {}}  # an eval stage has no pool
+    assert report.pool_table(summaries).splitlines()[2:] == [
+        "| fkl | 100 | 2048 | 7 | 93 |",
+        "| sft | 64 | no cap | 0 | 64 |",
+    ]
+    text = report.write_report(tmp_path, "", summaries, {})
+    assert "| stage | pool | max prompt tokens | dropped | kept |" in text
+    assert report.pool_table({"eval": {}}) == ""

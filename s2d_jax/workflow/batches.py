@@ -76,6 +76,17 @@ def rollout_batch(rollout: sampler.Rollout) -> dict:
     }
 
 
+def rollout_rows(rollout: sampler.Rollout) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each row's prompt tokens (padding dropped) and completion tokens (EOS kept, pad dropped)."""
+    P = rollout.prompt_mask.shape[1]
+    tokens = np.asarray(rollout.tokens)
+    prompts = [row[:P][m] for row, m in zip(tokens, np.asarray(rollout.prompt_mask), strict=True)]
+    completions = [
+        row[P:][m] for row, m in zip(tokens, np.asarray(rollout.completion_mask), strict=True)
+    ]
+    return prompts, completions
+
+
 def completion_texts(rollout: sampler.Rollout, tokenizer) -> list[str]:
     """Decoded completions (EOS and padding dropped by the tokenizer)."""
     P = rollout.prompt_mask.shape[1]

@@ -54,6 +54,7 @@ class StageConfig:
     init_from: str
     teacher: str
     data: str
+    max_prompt_tokens: int  # longer prompts: dropped from the pool and counted; 0: no cap
     steps: int
     epochs: int
     batch_size: int
@@ -234,10 +235,8 @@ def _differing_fields(a, b, ignore=()) -> list[str]:
     differ = []
     for field in dataclasses.fields(a):
         x, y = getattr(a, field.name), getattr(b, field.name)
-        if field.name in ignore:
-            continue
         same = math.isclose(x, y, rel_tol=1e-6) if isinstance(x, float) else x == y
-        if not same:
+        if not same and field.name not in ignore:
             differ.append(field.name)
     return differ
 

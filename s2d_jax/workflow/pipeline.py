@@ -28,6 +28,7 @@ from s2d_jax.workflow import (
     checkpoints,
     evaluation,
     loading,
+    pools,
     random_models,
     report,
     rerun,
@@ -80,6 +81,7 @@ def _run_locked(run_cfg: RunConfig, workdir: Path, mesh) -> dict:
         ctx = RunContext(
             workdir, run_cfg.seed, run_cfg.nan_policy, task, models, run_cfg.eval, grader, mesh
         )
+        check_prompt_caps(ctx, run_cfg.stages)
         for stage in run_cfg.stages:
             stage_dir = workdir / stage.name
             if checkpoints.is_done(stage_dir):
@@ -108,6 +110,20 @@ def _tokenizer_path(run_cfg: RunConfig, models: dict, workdir: Path) -> Path:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("s2d_jax tokenizer")
     return build_tokenizer(run_cfg.task, workdir, source)
+
+
+def check_prompt_caps(ctx: RunContext, stage_cfgs) -> None:
+    """Every training stage's pool after its prompt-length cap, before any stage runs: a cap that
+    leaves a pool empty fails now, not after the stages before it have trained."""
+    for stage in stage_cfgs:
+        if stages.KINDS[stage.kind].trains:
+            pool = pools.stage_pool(ctx, stage)
+            if pool.dropped:
+                print(
+                    f"[{stage.name}] dropped {pool.dropped} of the {pool.pool_size} prompts of "
+                    f"{stage.data!r} longer than max_prompt_tokens={pool.max_prompt_tokens} "
+                    f"(the longest: {pool.longest_dropped} tokens)"
+                )
 
 
 def run_stage(ctx: RunContext, stage: StageConfig, stage_dir: Path) -> dict:
@@ -141,6 +157,7 @@ def run_stage(ctx: RunContext, stage: StageConfig, stage_dir: Path) -> dict:
     summary = stage_loop.stage_summary(stage_dir) | summary
     summary.update(diagnose(ctx, stage, cfg, state.params, teacher, make_batch, "after"))
     summary.update(evaluation.evaluate_policy(ctx, cfg, state.params, stage_dir, "final"))
+    summary.update(pools.stage_pool(ctx, stage).metrics())
     checkpoints.export_params(stage_dir, state.params, {"role": stage.model, "steps": total})
     return summary
 
@@ -190,7 +207,7 @@ def labeled_examples(ctx: RunContext, stage_cfgs) -> dict[str, int]:
     for stage in stage_cfgs:
         ids = set().union(*(used.get(ref, set()) for ref in (stage.init_from, stage.teacher)))
         if stages.KINDS[stage.kind].uses_labels:
-            pool = ctx.task.pool(stage.data)
+            pool = pools.stage_pool(ctx, stage).examples
             for step in range(stages.num_steps(stage, len(pool))):
                 idx = stages.batch_indices(ctx, stage, len(pool), step)
                 ids |= {pool[i]["id"] for i in idx}

@@ -21,6 +21,7 @@ _DECAY = ((lambda v: 0 <= v < 1), "in [0, 1)")
 # that e.g. a negative step count or learning rate fails here, naming the field.
 RANGES = {
     "StageConfig": dict(
+        max_prompt_tokens=_at_least(0),
         steps=_at_least(0),
         epochs=_at_least(1),
         batch_size=_at_least(1),

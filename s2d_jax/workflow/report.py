@@ -110,6 +110,24 @@ def kl_table(summaries: dict) -> str:
     return "\n".join(lines) if found else ""
 
 
+def pool_table(summaries: dict) -> str:
+    """Per training stage: its pool, the prompt-length cap and the prompts it dropped (never
+    truncated), so that a pool the cap thinned out shows next to the results."""
+    lines = [
+        "| stage | pool | max prompt tokens | dropped | kept |",
+        "|---|---|---|---|---|",
+    ]
+    for stage, summary in summaries.items():
+        if "data/pool_size" in summary:
+            size, dropped = summary["data/pool_size"], summary["data/prompts_dropped"]
+            cap = summary["data/max_prompt_tokens"]
+            lines.append(
+                f"| {stage} | {size:.0f} | {f'{cap:.0f}' if cap else 'no cap'} | {dropped:.0f} "
+                f"| {size - dropped:.0f} |"
+            )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def plot_curves(workdir: Path, stage_names: list[str], out: Path) -> Path | None:
     """One column per stage, one row per curve in CURVES that any stage logged."""
     import matplotlib
@@ -153,6 +171,10 @@ def write_report(workdir: Path, rows_text: str, summaries: dict, labeled: dict[s
             "",
             grading,
         ]
+    pool = pool_table(summaries)
+    if pool:
+        parts += ["", "## Prompt pools: prompts over a stage's cap are dropped, not truncated", ""]
+        parts += [pool]
     kl = kl_table(summaries)
     if kl:
         parts += [

@@ -3,16 +3,17 @@
 sft           supervised warm-start on worked solutions (the toy's stand-in for pretraining)
 grpo          Stage 1 (teacher) / Stage 3 and the direct baseline (student): sample G per prompt,
               grade with the verifier, group advantages, clipped surrogate + k3 KL to the start
-forward_kl    Stage 2a: teacher rollouts generated once (cached in the stage directory), the
-              student learns KL(teacher || student) on them, teacher logits recomputed per step
+forward_kl    Stage 2a: teacher rollouts generated once (chunked in the stage directory,
+              rollout_cache.py), the student learns KL(teacher || student) on them, teacher
+              logits recomputed per step
 on_policy_kl  Stage 2b: student rollouts, the frozen teacher scores every token, reverse KL
 eval          no training: evaluate `init_from` on the eval splits
+Every training kind draws from its stage's pool less the prompts over its cap (pools.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +27,7 @@ from s2d_jax.distributed import placement
 from s2d_jax.grading import rewards
 from s2d_jax.learn import losses, steps
 from s2d_jax.model import decoder
-from s2d_jax.workflow import batches
+from s2d_jax.workflow import batches, pools, rollout_cache
 
 if TYPE_CHECKING:  # annotations only: config.py reads KINDS
     from s2d_jax.workflow.config import StageConfig
@@ -83,7 +84,7 @@ def grade_own_rows(grader, texts: list[str], references: list[str], answer_style
 
 
 def sft_batches(ctx: RunContext, stage: StageConfig, policy: Policy, teacher, stage_dir: Path):
-    pool = ctx.task.pool(stage.data)
+    pool = pools.stage_pool(ctx, stage).examples
 
     def make_batch(params, step):
         idx = batch_indices(ctx, stage, len(pool), step)
@@ -95,7 +96,7 @@ def sft_batches(ctx: RunContext, stage: StageConfig, policy: Policy, teacher, st
 
 
 def grpo_batches(ctx: RunContext, stage: StageConfig, policy: Policy, teacher, stage_dir: Path):
-    pool = ctx.task.pool(stage.data)
+    pool = pools.stage_pool(ctx, stage).examples
     seed = _seed(ctx, stage, 0)
     G = stage.samples_per_prompt
     cfg = policy.cfg
@@ -142,60 +143,42 @@ def grpo_batches(ctx: RunContext, stage: StageConfig, policy: Policy, teacher, s
 
 
 def _teacher_rollouts(ctx: RunContext, stage: StageConfig, teacher: Policy, stage_dir: Path):
-    """K teacher rollouts per prompt of the pool, generated once and cached (resume reuses them)."""
-    cache = stage_dir / "teacher_rollouts.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    pool = ctx.task.pool(stage.data)
+    """K teacher rollouts per prompt of the pool, made once into the stage directory, one chunk
+    per sampler call as they are made; a resumed stage makes only the chunks not yet written."""
+    pool = pools.stage_pool(ctx, stage).examples
     seed = _seed(ctx, stage, 1)
-    prompts_out, completions_out = [], []
-    chunk = max(1, 256 // stage.samples_per_prompt)
-    for start in range(0, len(pool), chunk):
-        prompts = [ctx.task.prompt_ids(ex) for ex in pool[start : start + chunk]]
+    K = stage.samples_per_prompt
+    per_call = max(1, rollout_cache.CHUNK_ROWS // K)  # prompts per chunk
+
+    def make_chunk(index: int):
+        start = index * per_call  # the seed depends on the chunk alone: resumed chunks match
+        prompts = [ctx.task.prompt_ids(ex) for ex in pool[start : start + per_call]]
         rollout, _ = batches.sample(
-            ctx,
-            teacher.cfg,
-            teacher.params,
-            prompts,
-            stage.sampling,
-            seed + start,
-            stage.samples_per_prompt,
+            ctx, teacher.cfg, teacher.params, prompts, stage.sampling, seed + start, K
         )
-        P = rollout.prompt_mask.shape[1]
-        tokens = np.asarray(rollout.tokens)
-        for row, (pmask, cmask) in enumerate(
-            zip(np.asarray(rollout.prompt_mask), np.asarray(rollout.completion_mask), strict=True)
-        ):
-            prompts_out.append(tokens[row, :P][pmask].tolist())
-            completions_out.append(tokens[row, P:][cmask].tolist())
-    data = {"prompts": prompts_out, "completions": completions_out}
-    if jax.process_index() == 0:
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(cache)  # atomic: a kill never leaves half a cache behind
-    return data
+        return batches.rollout_rows(rollout)
+
+    num_chunks = -(-len(pool) // per_call)
+    return rollout_cache.fill(stage_dir / "teacher_rollouts", num_chunks, make_chunk)
 
 
 def forward_kl_batches(
     ctx: RunContext, stage: StageConfig, policy: Policy, teacher: Policy, stage_dir: Path
 ):
-    data = _teacher_rollouts(ctx, stage, teacher, stage_dir)
-    n = len(data["prompts"])
+    cache = _teacher_rollouts(ctx, stage, teacher, stage_dir)
 
     def make_batch(params, step):
-        idx = batch_indices(ctx, stage, n, step)
-        batch = batches.pad_sequences(
-            [data["prompts"][i] for i in idx], [data["completions"][i] for i in idx], ctx.pad_id
-        )
-        return batch, {}
+        idx = batch_indices(ctx, stage, cache.num_rows, step)
+        prompts, completions = cache.rows(idx)  # reads this step's rows only
+        return batches.pad_sequences(prompts, completions, ctx.pad_id), {}
 
-    return make_batch, num_steps(stage, n)
+    return make_batch, num_steps(stage, cache.num_rows)
 
 
 def on_policy_kl_batches(
     ctx: RunContext, stage: StageConfig, policy: Policy, teacher: Policy, stage_dir: Path
 ):
-    pool = ctx.task.pool(stage.data)
+    pool = pools.stage_pool(ctx, stage).examples
     seed = _seed(ctx, stage, 0)
     cfg = policy.cfg
 
