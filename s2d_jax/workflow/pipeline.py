@@ -28,6 +28,7 @@ from s2d_jax.workflow import (
     checkpoints,
     evaluation,
     loading,
+    manifest,
     random_models,
     report,
     rerun,
@@ -74,6 +75,9 @@ def _run_locked(run_cfg: RunConfig, workdir: Path, mesh) -> dict:
             config_lib.model_config(spec, vocab_size=None)
     config_lib.check_vocab(run_cfg.task, models)  # the random checkpoints' too
     task = Task(run_cfg.task, _tokenizer_path(run_cfg, models, workdir))
+    manifest.check_and_write(
+        workdir, manifest.build(run_cfg, models, task, mesh), write=jax.process_index() == 0
+    )
     summaries = {}
     grader_cfg = run_cfg.grader
     with rewards.Grader(workers=grader_cfg.workers, timeout_s=grader_cfg.timeout_s) as grader:
