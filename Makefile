@@ -18,9 +18,13 @@ $(VENV)/.installed-test: setup.py | $(BIN)/python
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@ $(VENV)/.installed-run
 
-.PHONY: run test test-all lint
+.PHONY: run sweep test test-all lint
 run: $(VENV)/.installed-run
 	$(BIN)/python -m s2d_jax.main --config configs/toy_arith.py --workdir $(WORKDIR)
+
+# The toy experiment on three training seeds, summarised across them (runs/toy_seeds/summary.md).
+sweep: $(VENV)/.installed-run
+	$(BIN)/python -m s2d_jax.main --config configs/toy_arith.py --workdir runs/toy_seeds --seeds 0,1,2
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

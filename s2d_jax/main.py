@@ -13,7 +13,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from s2d_jax.workflow import pipeline, plan
+from s2d_jax.workflow import pipeline, plan, sweep
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
@@ -39,6 +39,9 @@ _ACCEPT_CHANGES = flags.DEFINE_bool(
 _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Check everything and print the plan; load no weights, compile nothing."
 )
+_SEEDS = flags.DEFINE_list(
+    "seeds", [], "Run once per seed into <workdir>/seed_<n>/ and summarise across seeds."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -61,11 +64,11 @@ def main(argv):
             lambda *args: print(plan.describe(*args)), _CONFIG.value, _WORKDIR.value
         )
         return
-    run_reporting_errors(
-        functools.partial(pipeline.run, accept_config_changes=_ACCEPT_CHANGES.value),
-        _CONFIG.value,
-        _WORKDIR.value,
-    )
+    run = functools.partial(pipeline.run, accept_config_changes=_ACCEPT_CHANGES.value)
+    if _SEEDS.value:
+        seeds = [int(seed) for seed in _SEEDS.value]
+        run = functools.partial(sweep.run, seeds=seeds, accept_config_changes=_ACCEPT_CHANGES.value)
+    run_reporting_errors(run, _CONFIG.value, _WORKDIR.value)
 
 
 def run_reporting_errors(fn, *args) -> None:

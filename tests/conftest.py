@@ -17,6 +17,25 @@ jax.config.update("jax_compilation_cache_dir", os.path.join(_cache_root, "jax_co
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+import pytest  # noqa: E402
+
+# One two-step run of every stage kind (sft, grpo, forward_kl, on_policy_kl), shared by the tests
+# that read a finished run (the pipeline's hand-offs, exports, the notebooks).
+TOY_RUN_STAGES = ("student_sft", "teacher_sft", "teacher_grpo", "fkl", "opd")
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory):
+    """(config, workdir, summaries) of the shared toy run; a test may rerun it, not change it."""
+    from configs import toy_arith
+    from s2d_jax.workflow import pipeline
+
+    workdir = tmp_path_factory.mktemp("toy")
+    config = shrink_config(toy_arith.get_config("stage3=false"), keep_stages=TOY_RUN_STAGES)
+    summaries = pipeline.run(config, workdir)
+    return config, workdir, summaries
+
+
 def shrink_config(config, *, steps=2, new_tokens=12, keep_stages=None):
     """A real experiment config cut down to seconds: tiny models and data, `steps` per stage."""
     for role in config.models:

@@ -5,32 +5,21 @@ import json
 
 import numpy as np
 import pytest
-from conftest import fake_grader, shrink_config
+from conftest import TOY_RUN_STAGES, fake_grader, shrink_config
 
 from configs import toy_arith
 from s2d_jax.model import decoder
 from s2d_jax.workflow import checkpoints, metrics, pipeline
-
-KINDS_STAGES = ("student_sft", "teacher_sft", "teacher_grpo", "fkl", "opd")
 
 
 def _toy(**kwargs):
     return shrink_config(toy_arith.get_config("stage3=false"), **kwargs)
 
 
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory):
-    """One two-step run of every stage kind (sft, grpo, forward_kl, on_policy_kl)."""
-    workdir = tmp_path_factory.mktemp("toy")
-    config = _toy(keep_stages=KINDS_STAGES)
-    summaries = pipeline.run(config, workdir)
-    return config, workdir, summaries
-
-
 def test_every_stage_kind_runs_two_steps(toy_run):
     _, workdir, summaries = toy_run
     assert list(summaries) == ["student_sft", "teacher_sft", "teacher_grpo", "fkl", "opd"]
-    for name in KINDS_STAGES:
+    for name in TOY_RUN_STAGES:
         rows = metrics.read_metrics(workdir / name)
         assert [r["step"] for r in rows] == [1, 2], name
         assert all(np.isfinite(r["train/loss"]) for r in rows), name
@@ -68,11 +57,11 @@ def test_stage_hand_off_uses_previous_params(toy_run):
 
 def test_finished_stages_are_skipped(toy_run, capsys):
     config, workdir, summaries = toy_run
-    mtimes = {n: (workdir / n / "metrics.jsonl").stat().st_mtime for n in KINDS_STAGES}
+    mtimes = {n: (workdir / n / "metrics.jsonl").stat().st_mtime for n in TOY_RUN_STAGES}
     again = pipeline.run(config, workdir)
     assert again.keys() == summaries.keys()
-    assert capsys.readouterr().out.count("finished earlier: skipped") == len(KINDS_STAGES)
-    assert mtimes == {n: (workdir / n / "metrics.jsonl").stat().st_mtime for n in KINDS_STAGES}
+    assert capsys.readouterr().out.count("finished earlier: skipped") == len(TOY_RUN_STAGES)
+    assert mtimes == {n: (workdir / n / "metrics.jsonl").stat().st_mtime for n in TOY_RUN_STAGES}
 
 
 def test_final_student_exports_to_transformers(toy_run):

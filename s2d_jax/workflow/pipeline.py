@@ -28,6 +28,7 @@ from s2d_jax.workflow import (
     checkpoints,
     evaluation,
     loading,
+    manifest,
     pools,
     random_models,
     report,
@@ -74,7 +75,10 @@ def _run_locked(run_cfg: RunConfig, workdir: Path, mesh) -> dict:
         if spec.random_weights:  # the preset check, as for a given checkpoint
             config_lib.model_config(spec, vocab_size=None)
     config_lib.check_vocab(run_cfg.task, models)  # the random checkpoints' too
-    task = Task(run_cfg.task, _tokenizer_path(run_cfg, models, workdir))
+    task = Task(run_cfg.task, tokenizer_path(run_cfg, models, workdir))
+    manifest.check_and_write(
+        workdir, manifest.build(run_cfg, models, task, mesh), write=jax.process_index() == 0
+    )
     summaries = {}
     grader_cfg = run_cfg.grader
     with rewards.Grader(workers=grader_cfg.workers, timeout_s=grader_cfg.timeout_s) as grader:
@@ -101,7 +105,7 @@ def _run_locked(run_cfg: RunConfig, workdir: Path, mesh) -> dict:
     return summaries
 
 
-def _tokenizer_path(run_cfg: RunConfig, models: dict, workdir: Path) -> Path:
+def tokenizer_path(run_cfg: RunConfig, models: dict, workdir: Path) -> Path:
     """The run's tokenizer (`config.tokenizer_source`); the toy's is trained into the (shared)
     workdir once, by process 0."""
     source = config_lib.tokenizer_source(models)

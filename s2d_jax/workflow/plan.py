@@ -15,7 +15,7 @@ from pathlib import Path
 
 from s2d_jax.data.task import Task, build_tokenizer
 from s2d_jax.workflow import config as config_lib
-from s2d_jax.workflow import pipeline, random_models, stages
+from s2d_jax.workflow import pipeline, pools, random_models, stages
 from s2d_jax.workflow.config import RunConfig, StageConfig
 from s2d_jax.workflow.context import RunContext
 
@@ -73,7 +73,8 @@ def _describe_stage(ctx: RunContext, stage: StageConfig, labeled: int) -> tuple:
     if not kind.trains:
         row = (stage.name, stage.kind, stage.model, stage.init_from, "", "-", 0, 0, labeled)
         return row + (0, 0)
-    pool = ctx.task.pool(stage.data)
+    capped = pools.stage_pool(ctx, stage)
+    pool = capped.examples
     longest_prompt = max(len(ctx.task.prompt_ids(ex)) for ex in pool)
     N = stage.sampling.max_new_tokens
     if kind.rollouts == "none":  # supervised on the pool's worked solutions
@@ -90,7 +91,8 @@ def _describe_stage(ctx: RunContext, stage: StageConfig, labeled: int) -> tuple:
         generated, trained = updates * rows * N, updates * rows * (longest_prompt + N)
     teacher = stage.teacher if kind.uses_teacher else ""
     return (stage.name, stage.kind, stage.model, stage.init_from, teacher,
-            f"{stage.data} ({len(pool)})", updates, rows, labeled,
+            f"{stage.data} ({len(pool)}{f', {capped.dropped} over the cap' if capped.dropped else ''})",
+            updates, rows, labeled,
             f"{generated:,}", f"{trained:,}")  # fmt: skip
 
 
