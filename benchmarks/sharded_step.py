@@ -72,8 +72,9 @@ def main() -> None:
     import numpy as np
 
     from s2d_jax.distributed import sharding as sh
-    from s2d_jax.learn import objectives, optimizer, steps
+    from s2d_jax.learn import steps
     from s2d_jax.model import decoder
+    from s2d_jax.tools import fixed_records
 
     if jax.device_count() < 8:
         raise SystemExit(f"needs 8 devices, jax has {jax.device_count()} (XLA_FLAGS set late?)")
@@ -84,30 +85,11 @@ def main() -> None:
     )
     step_cfg = steps.StepConfig(
         "grpo",
-        optimizer.OptimizerConfig(
-            lr=1e-4,
-            schedule="constant",
-            warmup_steps=0,
-            total_steps=0,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            weight_decay=0.1,
-            grad_clip=1.0,
-        ),
+        fixed_records.optimizer_config(1e-4, weight_decay=0.1),
         1,
         chunk_size=256,
         vocab_chunk=8192,
-        grpo=objectives.GrpoConfig(
-            clip_eps=0.2,
-            clip_eps_high=0.0,
-            kl_coef=0.0,
-            kl_estimator="k3",
-            aggregation="token",
-            dr_grpo_max_len=0,
-            normalize_std=True,
-            format_reward=0.0,
-        ),
+        grpo=fixed_records.grpo_config(0.0),
     )
 
     def fresh_state():  # a new one per layout: each step donates (deletes) its input state

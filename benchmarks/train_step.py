@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s2d_jax.learn import objectives, optimizer, steps
+from s2d_jax.learn import steps
 from s2d_jax.model import decoder
+from s2d_jax.tools import fixed_records
 
 
 def teacher_config() -> decoder.ModelConfig:
@@ -155,17 +156,7 @@ def main():
     teacher = init(teacher_cfg, jax.random.key(1))
     B, T = args.batch, args.seq
     batch = make_batch(cfg, B, T, params)
-    opt = optimizer.OptimizerConfig(
-        lr=1e-6,
-        schedule="constant",
-        warmup_steps=0,
-        total_steps=0,
-        b1=0.9,
-        b2=0.999,
-        eps=1e-8,
-        weight_decay=0.1,
-        grad_clip=1.0,
-    )
+    opt = fixed_records.optimizer_config(1e-6, weight_decay=0.1)
     print(
         f"backend {jax.default_backend()} ({jax.device_count()} devices, {jax.devices()[0]}); "
         f"student {decoder.count_params(params) / 1e6:.1f}M params "
@@ -189,16 +180,7 @@ def main():
         1,
         args.chunk_size,
         vocab_chunk=8192,
-        grpo=objectives.GrpoConfig(
-            clip_eps=0.2,
-            clip_eps_high=0.0,
-            kl_coef=5e-4,
-            kl_estimator="k3",
-            aggregation="token",
-            dr_grpo_max_len=0,
-            normalize_std=True,
-            format_reward=0.0,
-        ),
+        grpo=fixed_records.grpo_config(5e-4),
     )
     state = steps.init_train_state(cfg, opt, params)
     step = steps.jit_train_step(grpo, cfg)

@@ -184,29 +184,11 @@ def sampler_memory(model_cfg, mesh, *, batch: int, prompt_len: int, cache_len: i
 def _step_config(args):
     """The step the flags describe. The optimizer's hyperparameters do not change its memory
     (the state's dtypes do), so they are fixed here."""
-    from s2d_jax.learn import objectives, optimizer, steps
+    from s2d_jax.learn import steps
+    from s2d_jax.tools import fixed_records
 
-    opt = optimizer.OptimizerConfig(
-        lr=1e-6,
-        schedule="constant",
-        warmup_steps=0,
-        total_steps=0,
-        b1=0.9,
-        b2=0.999,
-        eps=1e-8,
-        weight_decay=0.1,
-        grad_clip=1.0,
-    )
-    grpo = objectives.GrpoConfig(
-        clip_eps=0.2,
-        clip_eps_high=0.0,
-        kl_coef=args.kl_coef,
-        kl_estimator="k3",
-        aggregation="token",
-        dr_grpo_max_len=0,
-        normalize_std=True,
-        format_reward=0.0,
-    )
+    opt = fixed_records.optimizer_config(1e-6, weight_decay=0.1)
+    grpo = fixed_records.grpo_config(args.kl_coef)
     step_cfg = steps.StepConfig(
         args.objective,
         opt,

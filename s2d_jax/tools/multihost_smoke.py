@@ -34,8 +34,9 @@ from jax.sharding import NamedSharding
 
 from s2d_jax.distributed import placement
 from s2d_jax.distributed import sharding as sh
-from s2d_jax.learn import objectives, optimizer, steps
+from s2d_jax.learn import steps
 from s2d_jax.model import decoder
+from s2d_jax.tools import fixed_records
 from s2d_jax.workflow import checkpoints
 
 MESH = sh.MeshConfig(data=1, fsdp=2, tensor=2)
@@ -78,16 +79,7 @@ def _tree_equal(a, b) -> bool:
     return bool(jax.jit(equal)(a, b))
 
 
-GRPO = objectives.GrpoConfig(
-    clip_eps=0.2,
-    clip_eps_high=0.0,
-    kl_coef=0.0,
-    kl_estimator="k3",
-    aggregation="token",
-    dr_grpo_max_len=0,
-    normalize_std=True,
-    format_reward=0.0,
-)
+GRPO = fixed_records.grpo_config(0.0)
 
 
 def _grpo(mesh: jax.sharding.Mesh):
@@ -98,17 +90,7 @@ def _grpo(mesh: jax.sharding.Mesh):
     rows on the mesh.
     """
     cfg = toy_config()
-    opt = optimizer.OptimizerConfig(
-        lr=1e-2,
-        schedule="constant",
-        warmup_steps=0,
-        total_steps=0,
-        b1=0.9,
-        b2=0.999,
-        eps=1e-8,
-        weight_decay=0.0,
-        grad_clip=1.0,
-    )
+    opt = fixed_records.optimizer_config(1e-2, weight_decay=0.0)
     init = functools.partial(decoder.init_params, cfg, std=0.1)
     params = jax.jit(init, out_shardings=sh.param_shardings(mesh, cfg))(jax.random.key(0))
     state = placement.init_state(mesh, cfg, opt, params)
