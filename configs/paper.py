@@ -22,7 +22,12 @@ Model pairs (`pair=`): qwen3_8b (Qwen3-8B -> Qwen3-1.7B), qwen3_14b (Qwen3-14B -
 (Llama-3.3-70B-Instruct -> Llama-3.1-8B-Instruct), qwen3_1.7b_same (a Qwen3-1.7B teacher RL-trained
 for its Qwen3-1.7B student: Table 6's same-size rows with arm=full / no_fkl / no_opd), and
 one_gpu (Qwen3-1.7B -> Qwen3-0.6B, one tokenizer, sized for one 80 GB GPU: 4,096-token responses,
-one row per micro-batch; the README's "On one GPU" has the fit). A checkpoint whose dimensions
+one row per micro-batch). `python -m s2d_jax.tools.fit --preset qwen3_1.7b --devices 1 --mesh 1,1,1
+--batch 1 --seq 7168 --prompt_len 3072 --kl_coef 5e-4 --hbm_gib 80` gives 41.9 GiB for the
+teacher's GRPO step (one row of 3,072 + 4,096 tokens) and 5.0 / 4.9 GiB for its sampler's prefill /
+decode; `--preset qwen3_0.6b --seq 6144 --prompt_len 2048 --objective forward_kl --teacher_preset
+qwen3_1.7b` 24.4 GiB for the student's forward-KL step. With the frozen copies beside them (the
+GRPO reference and the sampler's weights in bfloat16, about 3.4 GiB each) every stage fits. A checkpoint whose dimensions
 differ from the pair's preset is an error (swapped or wrong paths fail before any compute). Paths
 are required: teacher_path and student_path (local Hugging Face checkpoints), data_path
 (DAPO-Math-17K parquet/JSONL). A missing one fails before any compute.
