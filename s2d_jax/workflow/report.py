@@ -112,7 +112,10 @@ def kl_table(summaries: dict) -> str:
 
 def pool_table(summaries: dict) -> str:
     """Per training stage: its pool, the prompt-length cap and the prompts it dropped (never
-    truncated), so that a pool the cap thinned out shows next to the results."""
+    truncated), so that a pool the cap thinned out shows next to the results; "" when no stage
+    has a cap."""
+    if not any(s.get("data/max_prompt_tokens") for s in summaries.values()):
+        return ""
     lines = [
         "| stage | pool | max prompt tokens | dropped | kept |",
         "|---|---|---|---|---|",
