@@ -3,20 +3,39 @@
     python -m s2d_jax.main --workdir runs/qwen_full --config \\
       configs/paper.py:arm=full,teacher_path=/ckpt/Qwen3-8B,student_path=/ckpt/Qwen3-1.7B,data_path=/data/dapo.parquet
 
-Arms (`arm=`), all with the same machinery, each a choice of stages:
-  full        Stage 1 teacher GRPO -> 2a forward KL -> 2b on-policy KL            (Table 2 top)
-  direct      GRPO on the student with all labels                                   (Table 1 / 2)
-  raw         bridge from the raw (not RL-trained) teacher                          (Table 6)
-  no_fkl      Stage 1 -> 2b only (standalone OPD; the "-Stage 2a" row)
-  no_opd      Stage 1 -> 2a only (teacher-sample forward KL; the "-Stage 2b" row)
-  half        Stage 1 + bridge on 1H, Stage 3 GRPO on 2H                            (Table 5)
-  replay      as half, but Stage 3 replays 1H (same updates and data count)         (Table 5)
-  sft_teacher bridge from an SFT teacher given by teacher_path, then Stage 3 on 2H  (Table 4)
+Arms (`arm=`), all with the same machinery, each a choice of stages (`-` marks a stage left out):
+  full          Stage 1 teacher GRPO -> 2a forward KL -> 2b on-policy KL          (Table 2 top)
+  direct        GRPO on the student with all labels                                 (Tables 1, 2)
+  raw           the bridge from the raw (not RL-trained) teacher                    (Table 2)
+  no_fkl        Stage 1 -> 2b only (standalone OPD; the "-Stage 2a" row)            (Table 3)
+  no_opd        Stage 1 -> 2a only (teacher-sample SFT; the "-Stage 2b" row)        (Table 3)
+  half          Stage 1 + bridge on 1H, Stage 3 GRPO on 2H                          (Table 5)
+  replay        as half, but Stage 3 replays 1H (same updates and data count)       (Table 5)
+  half_no_fkl   Stage 1 on 1H, OPD only on 1H, Stage 3 on 2H                        (Table 5)
+  half_no_opd   Stage 1 on 1H, teacher-sample SFT on 1H, Stage 3 on 2H              (Table 5)
+  sft_teacher   bridge from an SFT teacher (teacher_path) on 1H, Stage 3 on 2H      (Table 4)
+  sft_teacher_replay   as sft_teacher, Stage 3 replaying 1H (the replay control)    (Table 4)
+  sft_teacher_full     the bridge from an SFT teacher on the full data             (Table 6)
+The report also shows the rows the paper reads from intermediate stages: the teacher after Stage 1
+and, for the half-split arms, the bridge before Stage 3 ("-Stage 3").
 Model pairs (`pair=`): qwen3_8b (Qwen3-8B -> Qwen3-1.7B), qwen3_14b (Qwen3-14B -> Qwen3-1.7B), llama
-(Llama-3.3-70B-Instruct -> Llama-3.1-8B-Instruct); a checkpoint whose dimensions differ from the
-pair's preset is an error (swapped or wrong paths fail before any compute). Paths are required:
-teacher_path and student_path (local Hugging Face checkpoints), data_path (DAPO-Math-17K
-parquet/JSONL). A missing one fails before any compute.
+(Llama-3.3-70B-Instruct -> Llama-3.1-8B-Instruct), qwen3_1.7b_same (a Qwen3-1.7B teacher RL-trained
+for its Qwen3-1.7B student: Table 6's same-size rows with arm=full / no_fkl / no_opd), and
+one_gpu (Qwen3-1.7B -> Qwen3-0.6B, one tokenizer, sized for one 80 GB GPU: 4,096-token responses,
+one row per micro-batch). `python -m s2d_jax.tools.fit --preset qwen3_1.7b --devices 1 --mesh 1,1,1
+--batch 1 --seq 7168 --prompt_len 3072 --kl_coef 5e-4 --hbm_gib 80` gives 41.9 GiB for the
+teacher's GRPO step (one row of 3,072 + 4,096 tokens) and 5.0 / 4.9 GiB for its sampler's prefill /
+decode; `--preset qwen3_0.6b --seq 6144 --prompt_len 2048 --objective forward_kl --teacher_preset
+qwen3_1.7b` 24.4 GiB for the student's forward-KL step. With the frozen copies beside them (the
+GRPO reference and the sampler's weights in bfloat16, about 3.4 GiB each) every stage fits. A checkpoint whose dimensions
+differ from the pair's preset is an error (swapped or wrong paths fail before any compute). Paths
+are required: teacher_path and student_path (local Hugging Face checkpoints), data_path
+(DAPO-Math-17K parquet/JSONL). A missing one fails before any compute.
+Batch semantics: every stage's `mini-batch` is prompts per update, as verl counts it (Tables 7-8:
+8 for GRPO, 64 for the transfer stages), with all of each prompt's rollouts: GRPO and 2b update on
+prompts x 8 samples, and 2a on 64 prompts' worth of teacher rollouts (512 sequences), so 2a and 2b
+take the same number of updates per epoch. `--dry_run` prints each stage's updates and rows.
+`split_seed` picks the 1H / 2H split and stays fixed when `seed` (the training's) changes.
 Hardware: a TPU pod slice or GPUs (float32 master weights and AdamW state, bfloat16 compute).
 The Qwen3 pairs are laid out for 8 chips as (1, 8, 1) and Llama for 32 chips as (1, 8, 4); every
 stage's batch is split into micro-batches of one row a device. README "Will it fit?" gives the
@@ -40,18 +59,53 @@ PAIRS = {
     "qwen3_8b": ("qwen3_8b", "qwen3_1.7b"),
     "qwen3_14b": ("qwen3_14b", "qwen3_1.7b"),
     "llama": ("llama3_70b", "llama3_8b"),
+    "qwen3_1.7b_same": ("qwen3_1.7b", "qwen3_1.7b"),
+    "one_gpu": ("qwen3_1.7b", "qwen3_0.6b"),
     "tiny": ("tiny_qwen3_teacher", "tiny_qwen3_student"),
 }
+# one_gpu: responses (and so rollouts) cut to what one 80 GB GPU holds for these models.
+ONE_GPU_NEW_TOKENS = 4096
 # The slice each pair is sized for (README "Will it fit?"): Qwen3 pairs on 8 chips as (1, 8, 1),
 # Llama on 32 chips as (1, 8, 4); fsdp -1 takes the devices the other axes leave.
-PAIR_TENSOR = {"qwen3_8b": 1, "qwen3_14b": 1, "llama": 4, "tiny": 1}
+PAIR_TENSOR = {
+    "qwen3_8b": 1,
+    "qwen3_14b": 1,
+    "llama": 4,
+    "qwen3_1.7b_same": 1,
+    "one_gpu": 1,
+    "tiny": 1,
+}
 # Rows of one micro-batch: one row a device over data x fsdp (8 on the slices above), so a step's
 # activations are one row's whatever the stage's batch; a stage accumulates rows / 8 of them.
 MICRO_BATCH_ROWS = 8
 # pair=tiny, the laptop twin: random Qwen3-shaped checkpoints written into the run directory, the
 # shipped DAPO-layout file, and these sizes; stages, losses, dtypes and eval splits as on a pod.
 TINY = dict(steps=2, prompts=2, group=4, rollouts=4, max_new=24, micro_batches=2, problems=2)
-ARMS = ("full", "direct", "raw", "no_fkl", "no_opd", "half", "replay", "sft_teacher")
+ARMS = (
+    "full",
+    "direct",
+    "raw",
+    "no_fkl",
+    "no_opd",
+    "half",
+    "replay",
+    "half_no_fkl",
+    "half_no_opd",
+    "sft_teacher",
+    "sft_teacher_replay",
+    "sft_teacher_full",
+)
+# Arms whose teacher is given (raw or SFT), so there is no Stage 1; arms with a Stage 3 and where
+# it draws from (replay controls reuse 1H); the half-split arms train Stage 1 and the bridge on 1H.
+GIVEN_TEACHER = ("raw", "sft_teacher", "sft_teacher_replay", "sft_teacher_full")
+STAGE3_DATA = {
+    "half": "train_2h",
+    "replay": "train_1h",
+    "half_no_fkl": "train_2h",
+    "half_no_opd": "train_2h",
+    "sft_teacher": "train_2h",
+    "sft_teacher_replay": "train_1h",
+}
 
 
 def get_config(arg=None):
@@ -63,6 +117,7 @@ def get_config(arg=None):
         student_path="",
         data_path="",
         seed=0,
+        split_seed=0,
     )
     if arg.arm not in ARMS:
         raise ValueError(f"arm={arg.arm!r}; expected one of {ARMS}")
@@ -80,7 +135,7 @@ def get_config(arg=None):
     # Qwen3 chat template with thinking off (paper code default); DAPO columns need data_path.
     data_path = common.shipped_file("tiny_dapo_math.jsonl") if tiny else arg.data_path
     config.task = common.task(
-        "math_train", "chat", train_path=data_path, train_columns="dapo", split_seed=arg.seed
+        "math_train", "chat", train_path=data_path, train_columns="dapo", split_seed=arg.split_seed
     )
     # Float32 master weights for every role (each is trained by some arm), bfloat16 compute.
     dtype = dict(dtype="float32", compute_dtype="bfloat16", random_weights=tiny)
@@ -92,10 +147,12 @@ def get_config(arg=None):
     )
     config.stages = _stages(arg.arm)
     config.eval = common.evaluation("math500,aime24,aime25", samples=16, max_new_tokens=16384)
+    if arg.pair == "one_gpu":
+        _fit_one_gpu(config)
     if tiny:
         _shrink_to_tiny(config)
-    config.report_rows = f"{arg.arm}={_final_stage(arg.arm)}"
-    config.export_hf = _final_stage(arg.arm)
+    config.report_rows = _report_rows(arg.arm, config.stages)
+    config.export_hf = config.report_rows.split(",")[0].split("=")[1]
     return config
 
 
@@ -112,25 +169,17 @@ def _grpo(model, init_from, data):
 def _bridge(stages, teacher, data, fkl=True, opd=True):
     t = TRANSFER
     cap = dict(max_prompt_tokens=t["max_prompt"])
-    if fkl:
+    if fkl:  # batch_size counts teacher rollouts: 64 prompts' worth of them
         stages.fkl = common.forward_kl_stage(
-            "base", teacher, data, 0, t["prompts"], t["rollouts"], t["max_new"], t["lr"], **cap
-        )
-    if opd:
-        stages.opd = common.on_policy_kl_stage(
-            "fkl" if fkl else "base",
-            teacher,
-            data,
-            0,
-            t["prompts"],
-            t["rollouts"],
-            t["max_new"],
-            t["lr"],
-            **cap,
-        )
-    if fkl:  # batch_size counts teacher rollouts (sequences)
-        stages.fkl.micro_batches = t["prompts"] // MICRO_BATCH_ROWS
+            "base", teacher, data, 0, t["prompts"] * t["rollouts"], t["rollouts"], t["max_new"],
+            t["lr"], **cap,
+        )  # fmt: skip
+        stages.fkl.micro_batches = t["prompts"] * t["rollouts"] // MICRO_BATCH_ROWS
     if opd:  # batch_size counts prompts, each sampled `rollouts` times
+        stages.opd = common.on_policy_kl_stage(
+            "fkl" if fkl else "base", teacher, data, 0, t["prompts"], t["rollouts"],
+            t["max_new"], t["lr"], **cap,
+        )  # fmt: skip
         stages.opd.micro_batches = t["prompts"] * t["rollouts"] // MICRO_BATCH_ROWS
     return stages
 
@@ -140,20 +189,39 @@ def _stages(arm):
     if arm == "direct":
         s.direct_grpo = _grpo("student", "base", "train")
         return s
-    if arm == "raw":
-        return _bridge(s, "base", "train")
-    if arm == "sft_teacher":  # teacher_path is the SFT teacher: no Stage 1
-        _bridge(s, "base", "train_1h")
-        s.stage3 = _grpo("student", "opd", "train_2h")
-        return s
-    half = arm in ("half", "replay")
-    s.teacher_grpo = _grpo("teacher", "base", "train_1h" if half else "train")
-    _bridge(
-        s, "teacher_grpo", "train_1h" if half else "train", fkl=arm != "no_fkl", opd=arm != "no_opd"
-    )
+    half = arm in STAGE3_DATA
+    data = "train_1h" if half else "train"
+    teacher = "base"
+    if arm not in GIVEN_TEACHER:
+        s.teacher_grpo = _grpo("teacher", "base", data)
+        teacher = "teacher_grpo"
+    _bridge(s, teacher, data, fkl="no_fkl" not in arm, opd="no_opd" not in arm)
     if half:
-        s.stage3 = _grpo("student", "opd", "train_2h" if arm == "half" else "train_1h")
+        s.stage3 = _grpo("student", "opd" if "opd" in s else "fkl", STAGE3_DATA[arm])
     return s
+
+
+def _report_rows(arm, stages):
+    """The arm's final stage, and the rows the paper reads from its intermediate stages."""
+    final = "stage3" if "stage3" in stages else "opd" if "opd" in stages else "fkl"
+    if arm == "direct":
+        final = "direct_grpo"
+    rows = [(arm, final)]
+    if "stage3" in stages:
+        rows.append((f"{arm} -Stage 3", stages.stage3.init_from))
+    if "teacher_grpo" in stages:
+        rows.append(("teacher after Stage 1", "teacher_grpo"))
+    return ",".join(f"{label}={stage}" for label, stage in rows)
+
+
+def _fit_one_gpu(config):
+    """One 80 GB GPU: shorter responses, one row per micro-batch (README "On one GPU")."""
+    for stage in config.stages.values():
+        stage.sampling.max_new_tokens = ONE_GPU_NEW_TOKENS
+        stage.micro_batches = stage.batch_size * (
+            stage.samples_per_prompt if stage.kind != "forward_kl" else 1
+        )
+    config.eval.max_new_tokens = ONE_GPU_NEW_TOKENS
 
 
 def _shrink_to_tiny(config):
@@ -166,13 +234,3 @@ def _shrink_to_tiny(config):
         stage.samples_per_prompt = t["group"] if stage.kind == "grpo" else t["rollouts"]
         stage.micro_batches = t["micro_batches"]
     config.eval.update(samples=2, max_new_tokens=t["max_new"], max_problems=t["problems"])
-
-
-def _final_stage(arm):
-    return {
-        "direct": "direct_grpo",
-        "no_opd": "fkl",
-        "half": "stage3",
-        "replay": "stage3",
-        "sft_teacher": "stage3",
-    }.get(arm, "opd")

@@ -7,6 +7,7 @@ checkpoints with a tiny chat tokenizer and a DAPO-shaped JSONL are made here.
 import dataclasses
 import importlib
 import json
+import math
 import pathlib
 import pkgutil
 from pathlib import Path
@@ -78,14 +79,34 @@ PAPER_CAPS = {"grpo": 3072, "forward_kl": 2048, "on_policy_kl": 2048}
 def test_paper_arms_validate(arm, checkpoints):
     plan = pipeline.validate(_paper(arm, checkpoints))
     kinds = [s.kind for s in plan.stages]
-    assert ("grpo" in kinds) == (arm not in ("raw",))
-    assert ("forward_kl" in kinds) == (arm not in ("direct", "no_fkl"))
-    assert ("on_policy_kl" in kinds) == (arm not in ("direct", "no_opd"))
+    assert ("grpo" in kinds) == (arm not in ("raw", "sft_teacher_full"))
+    assert ("forward_kl" in kinds) == (arm != "direct" and "no_fkl" not in arm)
+    assert ("on_policy_kl" in kinds) == (arm != "direct" and "no_opd" not in arm)
     caps = {s.kind: s.max_prompt_tokens for s in plan.stages}  # the paper's prompt lengths
     assert caps == {k: c for k, c in PAPER_CAPS.items() if k in kinds}
-    if arm in ("half", "replay", "sft_teacher"):
+    if arm in paper.STAGE3_DATA:
         assert plan.stages[-1].name == "stage3"
-        assert plan.stages[-1].data == ("train_1h" if arm == "replay" else "train_2h")
+        assert plan.stages[-1].data == paper.STAGE3_DATA[arm]
+    rows = dict(item.split("=")[::-1] for item in plan.report_rows.split(","))
+    assert ("teacher_grpo" in rows) == (arm not in paper.GIVEN_TEACHER + ("direct",))
+
+
+def test_paper_transfer_stages_take_the_same_updates_per_epoch():
+    """Mini-batch 64 is prompts per update in both 2a and 2b (verl units): 2a updates on 64
+    prompts' worth of teacher rollouts, 2b on 64 prompts x 8 samples."""
+    config = paper.get_config("arm=full")
+    fkl, opd = config.stages.fkl, config.stages.opd
+    assert fkl.batch_size == fkl.samples_per_prompt * opd.batch_size == 512
+    pool = 17_398  # the DAPO-Math-17K prompts
+    assert math.ceil(pool * fkl.samples_per_prompt / fkl.batch_size) == math.ceil(
+        pool / opd.batch_size
+    )
+
+
+def test_the_half_split_does_not_follow_the_training_seed():
+    a, b = paper.get_config("arm=half,seed=0"), paper.get_config("arm=half,seed=3")
+    assert a.task.split_seed == b.task.split_seed == 0
+    assert paper.get_config("arm=half,split_seed=2").task.split_seed == 2
 
 
 def test_paper_config_requires_paths():

@@ -55,3 +55,4 @@ def test_report_counts_the_prompts_each_capped_pool_dropped(tmp_path):
     text = report.write_report(tmp_path, "", summaries, {})
     assert "| stage | pool | max prompt tokens | dropped | kept |" in text
     assert report.pool_table({"eval": {}}) == ""
+    assert report.pool_table({"sft": uncapped}) == ""  # no cap anywhere: nothing to show

@@ -25,6 +25,7 @@ from s2d_jax.distributed import placement
 from s2d_jax.grading import evaluate, rewards
 from s2d_jax.model import hf_io
 from s2d_jax.workflow import (
+    budget,
     checkpoints,
     evaluation,
     loading,
@@ -98,9 +99,8 @@ def _run_locked(run_cfg: RunConfig, workdir: Path, mesh) -> dict:
     if run_cfg.export_hf:  # every process: the params are gathered from all of them
         export_hf(ctx, run_cfg.stages, run_cfg.export_hf, workdir / "export_hf")
     if jax.process_index() == 0:
-        text = report.write_report(
-            workdir, run_cfg.report_rows, summaries, labeled_examples(ctx, run_cfg.stages)
-        )
+        labeled = labeled_examples(ctx, run_cfg.stages)
+        text = report.write_report(workdir, run_cfg.report_rows, summaries, labeled, run_cfg.stages)
         print(text)
     return summaries
 
@@ -162,6 +162,7 @@ def run_stage(ctx: RunContext, stage: StageConfig, stage_dir: Path) -> dict:
     summary.update(diagnose(ctx, stage, cfg, state.params, teacher, make_batch, "after"))
     summary.update(evaluation.evaluate_policy(ctx, cfg, state.params, stage_dir, "final"))
     summary.update(pools.stage_pool(ctx, stage).metrics())
+    summary.update(budget.stage_budget(stage_dir, cfg, teacher.cfg if teacher else None))
     checkpoints.export_params(stage_dir, state.params, {"role": stage.model, "steps": total})
     return summary
 

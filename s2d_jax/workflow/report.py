@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from s2d_jax.workflow import metrics
+from s2d_jax.workflow import budget, metrics
 
 CURVES = (
     ("grpo/reward", "reward"),
@@ -112,7 +112,10 @@ def kl_table(summaries: dict) -> str:
 
 def pool_table(summaries: dict) -> str:
     """Per training stage: its pool, the prompt-length cap and the prompts it dropped (never
-    truncated), so that a pool the cap thinned out shows next to the results."""
+    truncated), so that a pool the cap thinned out shows next to the results; "" when no stage
+    has a cap."""
+    if not any(s.get("data/max_prompt_tokens") for s in summaries.values()):
+        return ""
     lines = [
         "| stage | pool | max prompt tokens | dropped | kept |",
         "|---|---|---|---|---|",
@@ -159,10 +162,16 @@ def plot_curves(workdir: Path, stage_names: list[str], out: Path) -> Path | None
     return out
 
 
-def write_report(workdir: Path, rows_text: str, summaries: dict, labeled: dict[str, int]) -> str:
-    """Write report.md and curves.png into the run directory; return the markdown."""
+def write_report(
+    workdir: Path, rows_text: str, summaries: dict, labeled: dict[str, int], stage_cfgs=()
+) -> str:
+    """Write report.md and curves.png into the run directory; return the markdown. With the
+    run's `stage_cfgs` it also tabulates each arm's budget (its whole chain of stages)."""
     rows = parse_rows(rows_text) or [(name, name) for name in summaries]
     parts = ["# Results", "", results_table(rows, summaries, labeled)]
+    if stage_cfgs:
+        parts += ["", "## Budget of each arm (its stage and every stage it reads)", ""]
+        parts += [budget.budget_table(rows, stage_cfgs, summaries, labeled)]
     grading = grading_table(rows, summaries)
     if grading:
         parts += [
