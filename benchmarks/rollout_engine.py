@@ -12,7 +12,9 @@ static engine (`engine="static"`), and transformers' static `generate` on the sa
 (`hf_io.save_hf`; eos_token_id = E; skipped with --no_hf or when transformers is missing).
 Each engine runs once first (s2d_jax compiles; transformers warms up; that run's excess over the
 timed one is printed), then --reps timed runs (best). Generated tokens = the rows' lengths summed, EOS
-included; transformers' are counted the same way from its output. After each engine the
+included; transformers' are counted the same way from its output. transformers runs with
+--torch_threads (default 1): torch's default, a thread per core, stalls badly when other
+processes share the cores (benchmarks/sampler.py times both). After each engine the
 process's peak resident memory over that engine's runs is printed (Linux: the peak is reset
 before each, /proc/self/clear_refs).
 
@@ -90,6 +92,7 @@ def hf_run(cfg, params, prompts, args, new_tokens, eos):
     )  # fmt: skip
 
     def run():
+        torch.set_num_threads(args.torch_threads)
         torch.manual_seed(0)
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -108,7 +111,7 @@ def timed(name, run, reps):
     reset_peak_rss()
     first = run()[0]
     seconds, tokens = min(run() for _ in range(reps))
-    compile_note = f", first run +{first - seconds:.1f} s excluded"
+    compile_note = f", first run {first - seconds:+.1f} s more, excluded"
     print(
         f"  {name:<13} {tokens / seconds:8.1f} tok/s ({tokens} tokens in {seconds:6.1f} s"
         f"{compile_note}); peak RSS {peak_rss_gb():.2f} GB",
@@ -146,6 +149,7 @@ def main():
     parser.add_argument("--kv_budget_gb", type=float, default=2.0, help="continuous engine's")
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--no_hf", action="store_true")
+    parser.add_argument("--torch_threads", type=int, default=1, help="see the module docstring")
     parser.add_argument("--sweep_slots", default="", help="comma list of pool sizes")
     args = parser.parse_args()
 

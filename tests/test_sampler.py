@@ -370,7 +370,7 @@ def _pool_budget(cfg, slots_B, prompts, max_new_tokens):
 def test_rows_do_not_depend_on_the_schedule(family_model, monkeypatch):
     """Pools of 4 and 64 slots and the static engine give the same rows on a workload whose
     rows end at different steps: a row's randomness is a function of (seed, row, token index)
-    only. With 4 slots the 48 requests go through many refills, a prompt's 4 samples span
+    only. With 4 slots the 64 requests go through many refills, a prompt's 4 samples span
     refills and fork from a slot whose row may have ended; with 64 the pool is compacted as rows
     end. Each prompt is prefilled once whatever the pool.
 
@@ -380,7 +380,8 @@ def test_rows_do_not_depend_on_the_schedule(family_model, monkeypatch):
     _, cfg, params = family_model
     if cfg.family != "qwen3":
         pytest.skip("one family suffices: this checks the scheduling, not the model")
-    prompts = _random_prompts([5, 11, 8, 1, 16, 3, 9, 2, 14, 6, 12, 4], cfg.vocab_size, seed=14)
+    prompt_lengths = [5, 11, 8, 1, 16, 3, 9, 2, 14, 6, 12, 4, 7, 15, 10, 13]
+    prompts = _random_prompts(prompt_lengths, cfg.vocab_size, seed=14)
     kw = dict(SAMPLED, eos_id=(5, 17, 33, 40, 41, 60), seed=9, num_samples=4)
     prefilled = []
 
@@ -422,8 +423,8 @@ def test_decode_window_traced_once_per_shape_bucket(family_model, monkeypatch):
 
     monkeypatch.setattr(slots, "forward_cached", counted_forward_cached)
     jax.clear_caches()
-    # No EOS and 16 new tokens: every row runs one whole 16-step window; cache length
-    # bucket(5 + 15) = 24. 2 prompts x 4 samples through 4 slots: two windows.
+    # No EOS and 16 new tokens: every row runs one whole 16-step window, reading
+    # bucket(5 + 15) = 24 of 16 + 16 cache slots. 2 prompts x 4 samples in 4 slots: two windows.
     kw = dict(SAMPLED, eos_id=(), max_new_tokens=16, num_samples=4)
     first = _random_prompts([3, 5], cfg.vocab_size, seed=15)
     budget = _pool_budget(cfg, 4, first, 16)
@@ -440,11 +441,13 @@ def test_pool_size_follows_the_budget_not_the_rows():
     row = sampler.cache_bytes(cfg, 1, 48)
     assert engine.pool_slots(cfg, 10_000, 48, 100 * row) == 64  # the power of two that fits
     assert engine.pool_slots(cfg, 1_000_000, 48, 100 * row) == 64  # more rows: same memory
-    assert engine.pool_slots(cfg, 5, 48, 100 * row) == 8  # no more than the rows need
+    assert engine.pool_slots(cfg, 5, 48, 100 * row) == 5  # no more than the rows need
+    assert engine.pool_slots(cfg, 5, 48, 100 * row, shards=4) == 8  # their share per shard
     assert engine.pool_slots(cfg, 10_000, 48, 100 * row, shards=4) == 256  # a budget per shard
     with pytest.raises(ValueError, match="kv_budget_bytes"):
         engine.pool_slots(cfg, 4, 48, row - 1)
-    assert engine.cache_length([[1] * 5, [2] * 9], 16) == sampler.bucket(9 + 16 - 1)
+    assert engine.default_kv_budget_bytes() == engine.CPU_KV_BUDGET_BYTES  # no memory stats
+    assert engine.cache_length([[1] * 5, [2] * 17], 100) == 24 + 128
 
 
 def test_slot_pool_is_split_over_the_data_axes():

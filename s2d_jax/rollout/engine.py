@@ -4,16 +4,16 @@ The static engine (sampler.py) decodes all B = prompts x samples rows as one bat
 P + N_bucket cache slots, every step attending over all of them until the longest row ends: its
 cost follows the allocation and its memory grows with B. Here:
 
-- Pool. `pool_slots` rows are in flight at once, as many as `kv_budget_bytes` holds (slot
-  count a power of two per data shard, at most what the call's rows need), so the KV memory of
-  a call is bounded by the budget however many rows it asks for. The requests (prompt, sample)
+- Pool. `pool_slots` rows are in flight at once, as many as `kv_budget_bytes` holds (a power
+  of two per data shard, at most the call's rows), so the KV memory of a call is bounded by the
+  budget however many rows it asks for. The requests (prompt, sample)
   wait in a queue, prompt-major; when a row ends its slot takes the next one.
 - Windows. Decode runs in fused windows of `window_steps` steps (slots.window_jit: one
   `lax.while_loop`, ended rows masked, the pool donated). Between windows the host reads what
   was sampled, frees the slots of ended rows and refills them (slots.prefill_jit, admit_jit).
   A window's steps trade host round trips (one per window) against the steps a row ending
-  mid-window leaves its slot idle (window_steps / 2 on average, a few percent of RL-length rows
-  at 16).
+  mid-window leaves its slot idle (window_steps / 2 on average, small beside RL lengths of
+  hundreds of tokens).
 - Read length. A window attends over the first R cache slots, R = `inputs.bucket` of the
   longest row in flight at the window's end, never the pool's unfilled tail.
 - One prefill per prompt. The samples of a prompt fork from its KV: the prompt is prefilled
@@ -21,18 +21,23 @@ cost follows the allocation and its memory grows with B. Here:
   (from the slot that holds it, when its samples span refills).
 - Compaction. On CPU a decode step is compute-bound once the pool holds more than a few rows, so
   a finished row sitting in the pool would keep costing compute. Once the queue is empty and at
-  most half the slots run, the running rows move into a pool of the next power of two of their
-  count (slots.compact_jit), down to `MIN_COMPACT_SLOTS` per shard: below that a step costs
-  about the same whatever its rows (it is bound by reading the weights), so smaller pools would
-  only add compiles. The alternative, sizing the pool for throughput and leaving the tail
-  unpacked, keeps paying a full pool's step for the last few rows.
+  the running rows fit in a smaller power of two of slots per shard, they move into such a pool
+  (slots.compact, within the KV budget), down to one slot per shard: on CPU a step of
+  one row (a matrix-vector product) is several times cheaper than one of 2 to 8 rows
+  (`benchmarks/rollout_engine.py --sweep_slots` prints the step time per pool size). Sizing the
+  pool for throughput instead and leaving the tail unpacked would pay a full pool's step for
+  the last few rows, which on RL lengths (a few long rows) is much of the call's time.
 - Shape buckets. Pool sizes are powers of two per shard, refill batches are padded to powers
   of two, read lengths to `bucket`, so nothing recompiles from one window to the next: every
   phase compiles once per (pool size, cache length, read length or refill bucket).
 
 A row's randomness is fold_in(fold_in(key(seed), row), token index) with row = prompt *
 num_samples + sample, as in the static engine, so the pool size, the refill order and the other
-requests change nothing about what a row samples.
+requests change nothing about what a row samples. Its arithmetic can change in the last bits:
+XLA:CPU's matmuls round differently for different row counts (~1e-6 relative), so a draw that
+lands that close to the boundary between two tokens' shares of the CDF can go either way. On
+peaked distributions that is rare (tests/test_sampler.py: equal tokens); on a random model's
+near-uniform 32000-token distribution some rows part after tens of tokens, in either engine.
 
 On a mesh the pool is split over the data axes (its size a multiple of their product); a
 refill's prompts are split over them too.
@@ -40,18 +45,26 @@ refill's prompts are split over them too.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from s2d_jax.rollout import slots
 from s2d_jax.rollout.inputs import axes, bucket, cache_bytes, data_shards
 from s2d_jax.rollout.phases import Settings
 
-# Per data shard (per device holding a part of the pool). 2 GiB holds e.g. 546 rows of 320
-# cache slots of bench_30m in float32 (12 KiB per slot), or 9 rows of 4352 slots of Qwen3-1.7B
-# in bfloat16 (112 KiB per slot); the pool takes the power of two below, at most the call's rows.
-DEFAULT_KV_BUDGET_BYTES = 2 * 2**30
+# The default KV budget per data shard (per device holding part of the pool): a fixed fraction
+# of an accelerator's memory (`memory_stats()["bytes_limit"]`), leaving the rest to the weights,
+# a training stage's state and temporaries; CPU_KV_BUDGET_BYTES on a CPU (no memory stats). Fixed
+# per device kind, not taken from the free memory at the call, so a resumed run schedules (and
+# rounds) its rollouts as the first one did. A row costs 2 x layers x kv heads x head_dim x
+# itemsize bytes per cache slot: a 32 GB budget (0.4 of 80 GB; on a GPU bytes_limit is XLA's
+# preallocated share) gives Qwen3-1.7B in bfloat16 (112 KiB) 64 rows of 256 + 4096 slots; the
+# CPU budget gives bench_30m in float32 (12 KiB) 512 rows of 64 + 256 slots (`pool_slots`: a
+# power of two, at most the call's rows).
+DEVICE_KV_FRACTION = 0.4
+CPU_KV_BUDGET_BYTES = 2 * 2**30
 WINDOW_STEPS = 16
-MIN_COMPACT_SLOTS = 8
+MIN_COMPACT_SLOTS = 1  # per shard
 
 
 def _pow2_at_least(n: int) -> int:
@@ -64,22 +77,30 @@ def rows_bucket(n: int, shards: int) -> int:
 
 
 def cache_length(prompts, max_new_tokens: int) -> int:
-    """Cache slots per pool row: the longest prompt + max_new_tokens - 1 (the last token sampled
-    is never fed back), rounded up to a `bucket`."""
-    return bucket(max(len(p) for p in prompts) + max_new_tokens - 1)
+    """Cache slots per pool row: the longest prompt and max_new_tokens, each rounded up to a
+    `bucket` (the static engine's row), so a training run's calls share a few lengths."""
+    return bucket(max(len(p) for p in prompts)) + bucket(max_new_tokens)
+
+
+def default_kv_budget_bytes(mesh=None) -> int:
+    """DEVICE_KV_FRACTION of the (first) device's memory limit, or CPU_KV_BUDGET_BYTES (see
+    there how they are chosen)."""
+    device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
+    limit = (device.memory_stats() or {}).get("bytes_limit")
+    return int(DEVICE_KV_FRACTION * limit) if limit else CPU_KV_BUDGET_BYTES
 
 
 def pool_slots(cfg, rows: int, length: int, kv_budget_bytes: int, shards: int = 1) -> int:
-    """The pool size: per shard the largest power of two whose rows of `length` cache slots fit
-    in kv_budget_bytes, and no more than `rows` need; times `shards`."""
+    """The pool size: per shard the largest power of two of rows of `length` cache slots that
+    fits in kv_budget_bytes, and no more than the call's rows (their share per shard); times
+    `shards`."""
     fit = kv_budget_bytes // cache_bytes(cfg, 1, length)
     if fit < 1:
         raise ValueError(
             f"kv_budget_bytes={kv_budget_bytes} holds no row of {length} cache slots "
             f"({cache_bytes(cfg, 1, length)} bytes); raise it or shorten max_new_tokens"
         )
-    per_shard = min(1 << (fit.bit_length() - 1), _pow2_at_least(-(-rows // shards)))
-    return per_shard * shards
+    return min(1 << (fit.bit_length() - 1), -(-rows // shards)) * shards
 
 
 def _to_host(x) -> np.ndarray:
@@ -163,8 +184,8 @@ class _Scheduler:
                                prompt_width=self.width, **self.split)  # fmt: skip
 
     def compact(self, pool):
-        """Once the queue is empty, move each shard's running rows into half its slots or
-        fewer, when they fit (not below MIN_COMPACT_SLOTS per shard)."""
+        """Once the queue is empty, move each shard's running rows into a smaller power of two
+        of slots, when they fit (not below MIN_COMPACT_SLOTS per shard)."""
         if self.next_row < self.R:
             return pool
         live_HB = (self.row_B >= 0).reshape(self.shards, -1)
@@ -176,7 +197,7 @@ class _Scheduler:
         keep = (np.arange(self.shards)[:, None] * B + keep_HC).reshape(-1)
         self.row_B, self.prompt_len_B = self.row_B[keep], self.prompt_len_B[keep]
         self.index_B = self.index_B[keep]
-        return slots.compact_jit(pool, keep_HC, **self.split)
+        return slots.compact(pool, keep_HC, **self.split)
 
     def window(self, pool):
         """One decode window over the slots, reading up to the longest row at its end."""

@@ -57,7 +57,6 @@ from s2d_jax.rollout.phases import (
     prefill_jit,
 )
 
-DEFAULT_KV_BUDGET_BYTES = continuous.DEFAULT_KV_BUDGET_BYTES
 ENGINES = ("continuous", "static")
 
 
@@ -191,7 +190,7 @@ def generate(
     mesh: jax.sharding.Mesh | None = None,
     data_axis: DataAxis = "data",
     engine: str = "continuous",
-    kv_budget_bytes: int = DEFAULT_KV_BUDGET_BYTES,
+    kv_budget_bytes: int | None = None,
     window_steps: int = continuous.WINDOW_STEPS,
 ) -> Rollout:
     """Sample up to max_new_tokens tokens after each prompt (a list of token-id lists).
@@ -205,13 +204,12 @@ def generate(
     static engine's batch padded with idle rows) are then split over `data_axis` (one mesh axis
     or a tuple of them, e.g. ("data", "fsdp")), a multiple of the product of their sizes.
 
-    engine: "continuous" (engine.py) or "static" (one batch); both give the same rows.
+    engine: "continuous" (engine.py) or "static" (one batch): the same rows, up to rounding.
     kv_budget_bytes (continuous): KV cache bytes per data shard. The pool holds the largest
       power of two of rows that fits, at most the call's rows, so more rows never need more
-      memory. The default, 2 GiB, sits beside the weights on a 16 GB accelerator or a CPU host
-      (engine.DEFAULT_KV_BUDGET_BYTES: e.g. 512 rows of bench_30m at 320 cache slots, float32).
+      memory. None: 0.4 of an accelerator's memory, 2 GiB on a CPU (e.g. 512 rows of bench_30m
+      at 320 cache slots); `engine.default_kv_budget_bytes` says why.
     window_steps (continuous): decode steps per fused window, between which slots are refilled.
-
     `params`: the stacked training params, copied for the call into per-layer buffers in the
     compute dtype (`sampling_weights` says why), or `PerLayerParams` made beforehand
     (`placement.sampling_params`), used as they are. Every argument is checked first.
@@ -220,7 +218,9 @@ def generate(
         cfg, temperature=temperature, top_p=top_p, top_k=top_k, eos_id=eos_id, pad_id=pad_id
     )
     check_batch(cfg, prompts, max_new_tokens, num_samples, mesh, data_axis)
-    _check_engine(cfg, prompts, max_new_tokens, num_samples, engine, kv_budget_bytes, window_steps)
+    kv_budget_bytes = _checked_budget(
+        cfg, prompts, max_new_tokens, num_samples, mesh, engine, kv_budget_bytes, window_steps
+    )
     params = sampling_weights(cfg, params)
     kw = dict(
         max_new_tokens=max_new_tokens, seed=seed, num_samples=num_samples, mesh=mesh,
@@ -236,21 +236,33 @@ def generate(
     return _on_device(Rollout(**fields), mesh)
 
 
-def _check_engine(cfg, prompts, max_new_tokens, num_samples, engine, kv_budget_bytes, window_steps):
+def _checked_budget(
+    cfg, prompts, max_new_tokens, num_samples, mesh, engine, kv_budget_bytes, window_steps
+) -> int:
+    """The continuous engine's KV budget (the default when None), the engine's arguments
+    checked: a budget holding no row fails here."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if window_steps < 1:
         raise ValueError(f"window_steps must be >= 1, got {window_steps}")
-    if engine == "continuous":  # a budget holding no row fails here
+    if kv_budget_bytes is None:
+        kv_budget_bytes = continuous.default_kv_budget_bytes(mesh)
+    if engine == "continuous":
         length = continuous.cache_length(prompts, max_new_tokens)
         continuous.pool_slots(cfg, len(prompts) * num_samples, length, kv_budget_bytes)
+    return kv_budget_bytes
 
 
 def _on_device(rollout: Rollout, mesh: jax.sharding.Mesh | None) -> Rollout:
-    """Host arrays onto the device, or replicated over the mesh (the same on every process)."""
+    """Host arrays onto the device, or replicated over the mesh (the same on every process,
+    each putting only its own devices' copies)."""
     if mesh is None:
         return jax.tree.map(jnp.asarray, rollout)
-    return jax.device_put(rollout, NamedSharding(mesh, Spec()))
+    replicated = NamedSharding(mesh, Spec())
+    return jax.tree.map(
+        lambda x: jax.make_array_from_callback(x.shape, replicated, lambda index: x[index]),
+        rollout,
+    )
 
 
 def decode(cfg: decoder.ModelConfig, params: PerLayerParams, state: SamplerState) -> SamplerState:

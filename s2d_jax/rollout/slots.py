@@ -11,12 +11,12 @@ cache slot per row (`forward_cached` with slot [B]).
                      prompt_width=P, mesh=m, data_axis=a)
     pool, tokens_BW, logprobs_BW = window_jit(pool.replace(settings=settings), weights,
                                               cfg=cfg, read_length=R, steps=W)
-    pool = compact_jit(pool, keep_HC, mesh=m, data_axis=a)
+    pool = compact(pool, keep_HC, mesh=m, data_axis=a)  # one jitted copy per cache layer
 
 Every index array is padded to a shape bucket by the caller; a destination index of B (past the
 pool) marks a padding entry, dropped by the scatters. Each phase compiles once per shape
 (pool size B, cache length S, prompt width P, bucket of U / A / C, read length R, steps W), and
-every phase but `compact_jit` donates the pool, so the cache is updated in place.
+the phases donate the pool (`compact` frees it layer by layer), so the cache is updated in place.
 """
 
 from __future__ import annotations
@@ -180,21 +180,19 @@ def _window(pool: SlotPool, params: PerLayerParams, *, cfg, read_length: int, st
     return pool, tokens_BW, logprobs_BW
 
 
-def _compact(pool: SlotPool, keep_HC, *, mesh, data_axis) -> SlotPool:
-    """A pool of H x C slots: of each of the H data shards' slots, its slots keep_HC[h] (the
-    rows still running, then free slots), so later windows compute only for those.
-
-    Each shard keeps its own rows, so the copy stays on its device (gathering across the pool
-    would make XLA assemble the whole new pool on every device)."""
+def _take_rows(tree, keep_HC, *, mesh, data_axis):
+    """Of each of the H data shards' slots in `tree` (arrays [B, ...]), its slots keep_HC[h]:
+    arrays [H x C, ...]. Each shard keeps its own rows, so the copy stays on its device
+    (gathering across the pool would make XLA assemble the whole new pool on every device)."""
     H, C = keep_HC.shape
     keep_HC = constrain_rows(keep_HC, mesh, data_axis)
 
     def take(x):
         x_HB = constrain_rows(x.reshape(H, x.shape[0] // H, *x.shape[1:]), mesh, data_axis)
         kept_HC = jax.vmap(lambda x_B, keep_C: x_B[keep_C])(x_HB, keep_HC)
-        return kept_HC.reshape(H * C, *x.shape[1:])
+        return constrain_rows(kept_HC.reshape(H * C, *x.shape[1:]), mesh, data_axis)
 
-    return _rows_split(_map_rows(pool, take), mesh, data_axis)
+    return jax.tree.map(take, tree)
 
 
 # Module-level jits, so their compile caches live as long as the process.
@@ -205,5 +203,23 @@ admit_jit = jax.jit(_admit, static_argnames=("prompt_width", *_SPLIT), donate_ar
 window_jit = jax.jit(
     _window, static_argnames=("cfg", "read_length", "steps"), donate_argnames=("pool",)
 )
-# Not donated: the smaller pool cannot reuse the larger one's buffers.
-compact_jit = jax.jit(_compact, static_argnames=_SPLIT)
+take_rows_jit = jax.jit(_take_rows, static_argnames=_SPLIT)
+
+
+def compact(pool: SlotPool, keep_HC, *, mesh, data_axis) -> SlotPool:
+    """A pool of H x C slots: of each data shard's slots, its slots keep_HC[h] (the rows still
+    running, then free slots), so later windows compute only for those. `pool` is consumed.
+
+    One jitted copy per cache layer, each layer's old buffers deleted before the next layer is
+    copied: the old and the new pool are never held whole at once (the peak is the old pool and
+    one layer of the new), so compaction stays within the KV budget.
+    """
+    split = dict(mesh=mesh, data_axis=data_axis)
+    per_slot = ("last_token_B", "prompt_len_B", "index_B", "row_B", "done_B")
+    small = take_rows_jit({name: getattr(pool, name) for name in per_slot}, keep_HC, **split)
+    cache = []
+    for layer in pool.cache:
+        cache.append(take_rows_jit(layer, keep_HC, **split))
+        for x in jax.tree.leaves(layer):
+            x.delete()
+    return pool.replace(cache=tuple(cache), **small)
