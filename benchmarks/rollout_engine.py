@@ -20,6 +20,8 @@ before each, /proc/self/clear_refs).
 
     PYTHONPATH=. .venv/bin/python benchmarks/rollout_engine.py --prompts 8 --samples 4
     PYTHONPATH=. .venv/bin/python benchmarks/rollout_engine.py --sweep_slots 1,2,4,8,16,32,64
+    PYTHONPATH=. .venv/bin/python benchmarks/rollout_engine.py --engines continuous \
+        --max_new_tokens 4096 --kv_budget_gb 0.4 --prompts 16   # then --prompts 32: same RSS
 
 --sweep_slots instead prints the time of one decode step of the continuous engine's window per
 pool size (the figure behind engine.MIN_COMPACT_SLOTS).
@@ -148,6 +150,7 @@ def main():
     parser.add_argument("--eos_count", type=int, default=250, help="|E|: mean length ~ V / |E|")
     parser.add_argument("--kv_budget_gb", type=float, default=2.0, help="continuous engine's")
     parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--engines", default="continuous,static,transformers", help="comma list")
     parser.add_argument("--no_hf", action="store_true")
     parser.add_argument("--torch_threads", type=int, default=1, help="see the module docstring")
     parser.add_argument("--sweep_slots", default="", help="comma list of pool sizes")
@@ -182,8 +185,9 @@ def main():
         print(f"max_new_tokens {N}: continuous pool {pool} slots x {length} cache slots; "
               f"static batch {rows} x {sampler.bucket(args.prompt_len) + sampler.bucket(N)}")  # fmt: skip
         for name in ("continuous", "static"):
-            timed(name, s2d_run(cfg, weights, prompts, args, N, eos, name), args.reps)
-        if run_hf:
+            if name in args.engines:
+                timed(name, s2d_run(cfg, weights, prompts, args, N, eos, name), args.reps)
+        if run_hf and "transformers" in args.engines:
             timed("transformers", hf_run(cfg, params, prompts, args, N, eos), args.reps)
 
 
