@@ -5,7 +5,9 @@ Default (CPU, float32): a Qwen3-shaped random model of ~30.5M parameters (d_mode
 tokens, no EOS (so both sides generate exactly 128 tokens), greedy and sampled (temperature 1).
 s2d_jax's compile time is printed apart and excluded; each figure is the best of --reps runs,
 the two libraries' runs interleaved so that both see the same machine load. s2d_jax's time is
-that of all of generate() (unstacking the layer weights, prefill, decode loop, rollout).
+that of all of the static engine's generate(engine="static"): unstacking the layer weights,
+prefill, decode loop, rollout (benchmarks/rollout_engine.py compares it with the continuous
+engine on RL-like lengths).
 Target: >= 5x transformers.
 
     .venv/bin/python benchmarks/sampler.py                          # CPU, ~3-5 min on 2 cores

@@ -18,7 +18,7 @@ from test_hf_io import make_hf_model  # noqa: E402
 
 from s2d_jax.distributed import sharding as sh  # noqa: E402
 from s2d_jax.model import cached_forward, decoder, hf_io  # noqa: E402
-from s2d_jax.rollout import phases, sampler, token_selection  # noqa: E402
+from s2d_jax.rollout import engine, phases, sampler, slots, token_selection  # noqa: E402
 
 FAMILIES = {
     "qwen3": dict(rope_theta=10_000.0, tie_word_embeddings=True),
@@ -338,7 +338,7 @@ def test_rows_over_two_mesh_axes_give_single_device_tokens(family_model):
 
 
 def test_prefill_and_decode_loop_traced_once_per_bucket(family_model, monkeypatch):
-    """The module-level jits of `phases` trace (and compile) once per (prompt bucket, new-token
+    """The static engine's module-level jits of `phases` trace (and compile) once per (prompt bucket, new-token
     bucket): a trace calls `forward_cached`, so a counter in its place logs every trace."""
     _, cfg, params = family_model
     if cfg.family != "qwen3":
@@ -351,7 +351,7 @@ def test_prefill_and_decode_loop_traced_once_per_bucket(family_model, monkeypatc
 
     monkeypatch.setattr(phases, "forward_cached", counted_forward_cached)
     jax.clear_caches()  # every jit cache empty: the next calls trace
-    kw = dict(SAMPLED, eos_id=())  # no EOS: every row runs to max_new_tokens
+    kw = dict(SAMPLED, eos_id=(), engine="static")  # no EOS: every row runs to max_new_tokens
     # Prompt lengths 1..16 share bucket 16; 25 and 32 new tokens share bucket 32.
     a = sampler.generate(cfg, params, _random_prompts([3, 5], 97, 1), **dict(kw, max_new_tokens=25))
     b = sampler.generate(cfg, params, _random_prompts([9, 16], 97, 2), **kw)
@@ -360,6 +360,104 @@ def test_prefill_and_decode_loop_traced_once_per_bucket(family_model, monkeypatc
     assert (np.asarray(a.lengths) == 25).all() and np.asarray(a.truncated).all()
     sampler.generate(cfg, params, _random_prompts([17, 1], 97, 3), **kw)
     assert traced[2:] == [(2, 23), (2, 1)]  # prompt bucket 24 traces both again
+
+
+def _pool_budget(cfg, slots_B, prompts, max_new_tokens):
+    """A kv_budget_bytes that holds exactly `slots_B` rows of this call's cache length."""
+    return sampler.cache_bytes(cfg, slots_B, engine.cache_length(prompts, max_new_tokens))
+
+
+def test_rows_do_not_depend_on_the_schedule(family_model, monkeypatch):
+    """Pools of 4 and 64 slots and the static engine give the same rows on a workload whose
+    rows end at different steps: a row's randomness is a function of (seed, row, token index)
+    only. With 4 slots the 64 requests go through many refills, a prompt's 4 samples span
+    refills and fork from a slot whose row may have ended; with 64 the pool is compacted as rows
+    end. Each prompt is prefilled once whatever the pool.
+
+    Tokens are equal; log-probs to 1e-5, not bitwise: XLA:CPU's matmuls round differently for
+    different row counts (1 vs 64 rows of the same product differ by ~1e-6), so a row's float
+    arithmetic depends on how many rows share its step in any engine."""
+    _, cfg, params = family_model
+    if cfg.family != "qwen3":
+        pytest.skip("one family suffices: this checks the scheduling, not the model")
+    prompt_lengths = [5, 11, 8, 1, 16, 3, 9, 2, 14, 6, 12, 4, 7, 15, 10, 13]
+    prompts = _random_prompts(prompt_lengths, cfg.vocab_size, seed=14)
+    kw = dict(SAMPLED, eos_id=(5, 17, 33, 40, 41, 60), seed=9, num_samples=4)
+    prefilled = []
+
+    def counted_prefill(pool, params, prompt_UP, dest_U, **statics):
+        prefilled.extend(np.asarray(prompt_UP)[np.asarray(dest_U) < pool.row_B.shape[0]].tolist())
+        return prefill_jit(pool, params, prompt_UP, dest_U, **statics)
+
+    prefill_jit = slots.prefill_jit
+    monkeypatch.setattr(slots, "prefill_jit", counted_prefill)
+    static = sampler.generate(cfg, params, prompts, engine="static", **kw)
+    lengths = np.asarray(static.lengths)
+    assert len(set(lengths.tolist())) > 5 and lengths.max() == N_NEW  # rows end at many steps
+    for slots_B in (4, 64):
+        prefilled.clear()
+        budget = _pool_budget(cfg, slots_B, prompts, N_NEW)
+        out = sampler.generate(cfg, params, prompts, kv_budget_bytes=budget, **kw)
+        for name in ("tokens", "prompt_mask", "completion_mask", "lengths", "truncated"):
+            np.testing.assert_array_equal(getattr(out, name), getattr(static, name), name)
+        np.testing.assert_allclose(out.logprobs, static.logprobs, atol=1e-5, rtol=0)
+        assert sorted(p[: len(q)] for p, q in zip(prefilled, prompts, strict=False)) == sorted(
+            prompts
+        ) and len(prefilled) == len(prompts)  # each prompt prefilled once, not once per sample
+    _check_eos_layout(out, kw["eos_id"])
+
+
+def test_decode_window_traced_once_per_shape_bucket(family_model, monkeypatch):
+    """The continuous engine's window traces once per (pool size, read length): the second
+    window of a call, and a second call with other prompts in the same buckets, reuse it."""
+    _, cfg, params = family_model
+    if cfg.family != "qwen3":
+        pytest.skip("one family suffices")
+    traced = []
+
+    def counted_forward_cached(cfg, params, tokens, positions, cache, slot, kv_mask, read=None):
+        traced.append((tokens.shape, read))  # [U, P - 1] in a prefill, [B, 1] in a window
+        return cached_forward.forward_cached(
+            cfg, params, tokens, positions, cache, slot, kv_mask, read
+        )
+
+    monkeypatch.setattr(slots, "forward_cached", counted_forward_cached)
+    jax.clear_caches()
+    # No EOS and 16 new tokens: every row runs one whole 16-step window, reading
+    # bucket(5 + 15) = 24 of 16 + 16 cache slots. 2 prompts x 4 samples in 4 slots: two windows.
+    kw = dict(SAMPLED, eos_id=(), max_new_tokens=16, num_samples=4)
+    first = _random_prompts([3, 5], cfg.vocab_size, seed=15)
+    budget = _pool_budget(cfg, 4, first, 16)
+    a = sampler.generate(cfg, params, first, kv_budget_bytes=budget, **kw)
+    assert (np.asarray(a.lengths) == 16).all()
+    assert traced == [((1, 15), 16), ((4, 1), 24)]  # one prefill, one window: both traced once
+    second = _random_prompts([5, 4], cfg.vocab_size, seed=16)  # reads 24 slots too
+    sampler.generate(cfg, params, second, kv_budget_bytes=budget, seed=1, **kw)
+    assert traced == [((1, 15), 16), ((4, 1), 24)]
+
+
+def test_pool_size_follows_the_budget_not_the_rows():
+    cfg = decoder.ModelConfig.preset("toy_tiny")
+    row = sampler.cache_bytes(cfg, 1, 48)
+    assert engine.pool_slots(cfg, 10_000, 48, 100 * row) == 64  # the power of two that fits
+    assert engine.pool_slots(cfg, 1_000_000, 48, 100 * row) == 64  # more rows: same memory
+    assert engine.pool_slots(cfg, 5, 48, 100 * row) == 5  # no more than the rows need
+    assert engine.pool_slots(cfg, 5, 48, 100 * row, shards=4) == 8  # their share per shard
+    assert engine.pool_slots(cfg, 10_000, 48, 100 * row, shards=4) == 256  # a budget per shard
+    with pytest.raises(ValueError, match="kv_budget_bytes"):
+        engine.pool_slots(cfg, 4, 48, row - 1)
+    assert engine.default_kv_budget_bytes() == engine.CPU_KV_BUDGET_BYTES  # no memory stats
+    assert engine.cache_length([[1] * 5, [2] * 17], 100) == 24 + 128
+
+
+def test_slot_pool_is_split_over_the_data_axes():
+    cfg = decoder.ModelConfig.preset("toy_tiny")
+    mesh = sh.make_mesh(sh.MeshConfig(2, 2, 2))
+    pool = slots.new_pool_jit(
+        np.uint32(0), 8, cfg=cfg, slots=8, length=24, mesh=mesh, data_axis=("data", "fsdp")
+    )
+    k = pool.cache[0]["k"]
+    assert k.sharding.shard_shape(k.shape)[0] == 2 and pool.row_B.sharding.shard_shape((8,)) == (2,)
 
 
 def test_cache_bytes_and_buckets():
@@ -384,6 +482,9 @@ def test_cache_bytes_and_buckets():
         (dict(max_new_tokens=0), "max_new_tokens"),
         (dict(max_new_tokens=300), "max_seq_len"),
         (dict(num_samples=0), "num_samples"),
+        (dict(engine="paged"), "engine"),
+        (dict(window_steps=0), "window_steps"),
+        (dict(kv_budget_bytes=1), "kv_budget_bytes"),
     ],
 )
 def test_bad_arguments_are_named(change, match):

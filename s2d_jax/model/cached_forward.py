@@ -79,22 +79,40 @@ def unstack_layers(params: decoder.Params, dtype: str | None = None) -> PerLayer
     return PerLayerParams(layers=layers, rest={k: v for k, v in params.items() if k != "layers"})
 
 
+def _write_slots(kv_BKSD, new_BTKD, slot):
+    """kv_BKSD with new_BTKD written at slots slot..slot+T-1: one slot for every row (a scalar,
+    one dynamic_update_slice) or one per row (slot [B]: a scatter, in place in a loop carry)."""
+    new_BKTD = new_BTKD.transpose(0, 2, 1, 3).astype(kv_BKSD.dtype)
+    if jnp.ndim(slot) == 0:
+        return jax.lax.dynamic_update_slice(kv_BKSD, new_BKTD, (0, 0, slot, 0))
+
+    def write_row(kv_KSD, new_KTD, slot):
+        return jax.lax.dynamic_update_slice(kv_KSD, new_KTD, (0, slot, 0))
+
+    return jax.vmap(write_row)(kv_BKSD, new_BKTD, slot)
+
+
+def cached_attention(q_BTHD, k_BKSD, v_BKSD, visible_BTS, read_length: int):
+    """Attention of the queries over the first `read_length` cache slots: the one place the
+    cached path picks its attention, so an accelerator kernel (a decode attention reading each
+    row's own filled length, a paged layout) replaces this function and nothing else. This is
+    the pure-JAX reference: the slots past read_length are never read, those before it are
+    read whether filled or not (visible_BTS masks them)."""
+    dt = q_BTHD.dtype
+    k_BKSD, v_BKSD = (x[:, :, :read_length].astype(dt) for x in (k_BKSD, v_BKSD))
+    visible_BTS = visible_BTS[:, :, :read_length]
+    return decoder.attention(q_BTHD, k_BKSD, v_BKSD, visible_BTS, kv_axes="bksd")
+
+
 def _block(cfg, x_BTD, p, positions_BT, inv_freq, kv_BKSD, slot, visible_BTS, read_length):
     """One decoder block writing its K/V at `slot` of its cache `kv_BKSD` ({"k", "v"}), then
     attending over the first `read_length` slots of it."""
-    dt = x_BTD.dtype
     q_BTHD, k_BTKD, v_BTKD = decoder.attention_inputs(cfg, x_BTD, p, positions_BT, inv_freq)
     kv_BKSD = {
-        name: jax.lax.dynamic_update_slice(
-            kv_BKSD[name],
-            new_BTKD.transpose(0, 2, 1, 3).astype(kv_BKSD[name].dtype),
-            (0, 0, slot, 0),
-        )
+        name: _write_slots(kv_BKSD[name], new_BTKD, slot)
         for name, new_BTKD in (("k", k_BTKD), ("v", v_BTKD))
     }
-    k_BKSD, v_BKSD = (kv_BKSD[name][:, :, :read_length].astype(dt) for name in ("k", "v"))
-    visible_BTS = visible_BTS[:, :, :read_length]
-    attn_BTHD = decoder.attention(q_BTHD, k_BKSD, v_BKSD, visible_BTS, kv_axes="bksd")
+    attn_BTHD = cached_attention(q_BTHD, kv_BKSD["k"], kv_BKSD["v"], visible_BTS, read_length)
     return decoder.attention_output_and_mlp(cfg, x_BTD, attn_BTHD, p), kv_BKSD
 
 
@@ -111,22 +129,27 @@ def forward_cached(
     """Final-normed hidden [B, T, D] of tokens [B, T] written at cache slots slot..slot+T-1.
 
     `params` from `unstack_layers`; positions [B, T] are rope positions; `cache` from
-    `init_cache`; kv_mask [B, S] marks the real slots, this call's included; a query at slot s
-    sees slots <= s. `read_length` (static, >= slot + T) limits the attention to the first
-    read_length slots (the prefill's prompt slots); None reads all S. Returns (hidden, new
-    cache). The layers are unrolled (compile time grows with L) so each updates its own buffer
-    in place.
+    `init_cache`; `slot` is one slot for every row (a scalar, the static sampler's layout) or
+    one per row ([B] int32: rows at different lengths, the continuous engine's slot pool). A
+    query at slot s sees slots <= s; kv_mask [B, S] also marks the real slots (this call's
+    included), or None when every slot <= s is real (prompts written from slot 0, no padding).
+    `read_length` (static, >= the largest slot + T) limits the attention to the first
+    read_length slots (`cached_attention`); None reads all S. Returns (hidden, new cache). The
+    layers are unrolled (compile time grows with L) so each updates its own buffer in place.
 
-    A decode step reads the whole cache, unfilled slots included. Choosing a filled prefix per
-    step with `lax.switch` was tried and cost more than it saved, and compiled far slower: the
-    prefix slices are copied before the dots, and multiply-and-reduce attention, which reads a
-    slice in place, is slower than the dots.
+    Choosing the read length per step inside a compiled loop with `lax.switch` was tried and
+    cost more than it saved, and compiled far slower: the prefix slices are copied before the
+    dots. A caller bounds the read length instead by compiling a loop per read-length bucket
+    (the continuous engine's decode windows, rollout/slots.py).
     """
-    tokens_BT, positions_BT, kv_mask_BS = tokens, positions, kv_mask
-    T, S = tokens_BT.shape[1], kv_mask_BS.shape[1]
+    tokens_BT, positions_BT = tokens, positions
+    (B, T), S = tokens_BT.shape, cache[0]["k"].shape[2]
     read_length = S if read_length is None else read_length
-    visible_TS = jnp.arange(S)[None, :] <= slot + jnp.arange(T)[:, None]
-    visible_BTS = visible_TS[None] & kv_mask_BS[:, None, :]
+    first_B = jnp.broadcast_to(jnp.asarray(slot, jnp.int32), (B,))
+    query_slot_BT = first_B[:, None] + jnp.arange(T)[None, :]
+    visible_BTS = jnp.arange(S)[None, None, :] <= query_slot_BT[:, :, None]
+    if kv_mask is not None:
+        visible_BTS = visible_BTS & kv_mask[:, None, :]
     inv_freq = decoder.rope_frequencies(cfg)
     x_BTD = params.rest["embed"].astype(jnp.dtype(cfg.compute_dtype))[tokens_BT]
     new_cache = []

@@ -66,7 +66,7 @@ class SamplerState:
     settings: Settings | None = flax.struct.field(pytree_node=False)
 
 
-def _constrain(x, mesh, data_axis: DataAxis):
+def constrain_rows(x, mesh, data_axis: DataAxis):
     """Shard x's leading (batch) dimension over the data axes (no-op without a mesh); the other
     dimensions are left to XLA (e.g. kv heads split like tensor-parallel K/V weights)."""
     if mesh is None:
@@ -98,12 +98,12 @@ def _prefill(
     kv_mask_BS = jnp.concatenate([prompt_mask_BP, jnp.ones((B, gen_bucket), bool)], axis=1)
     positions_BP = decoder.positions_from_mask(prompt_mask_BP)
     cache = init_cache(cfg, B, S)
-    cache = jax.tree.map(lambda c: _constrain(c, mesh, data_axis), cache)
+    cache = jax.tree.map(lambda c: constrain_rows(c, mesh, data_axis), cache)
     # The prompt's attention reads only the P prompt slots, not the S - P completion slots.
     _, cache = forward_cached(
         cfg, params, prompt_BP[:, :-1], positions_BP[:, :-1], cache, 0, kv_mask_BS, P
     )
-    rows_B = _constrain(jnp.arange(B), mesh, data_axis)
+    rows_B = constrain_rows(jnp.arange(B), mesh, data_axis)
     row_keys_B = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), rows_B)
     return SamplerState(
         prompt=prompt_BP,

@@ -14,9 +14,11 @@ Three programs are compiled: the train step (`steps.jit_train_step`, TRAIN_RULES
 donated: float32 master weights and AdamW moments, compute in `--dtype`; `--objective` picks the
 loss, the distillation ones also take `--teacher_preset`'s frozen params, stored in `--dtype`),
 then the sampler's prefill and its decode loop (reported as `decode_step`: every step runs in
-the same donated buffers), the very jitted functions `sampler.generate` runs
+the same donated buffers), the very jitted functions `sampler.generate(engine="static")` runs
 (`phases.prefill_jit`, `phases.decode_loop_jit`), on per-layer weights under SAMPLE_RULES as the
-pipeline samples. A stage that trains while it samples (GRPO, on-policy KL) also holds its train
+pipeline samples: `--batch` rows of `--seq` cache slots. The default, continuous engine holds at
+most its `kv_budget_bytes` of KV cache per device whatever the rows (rollout/engine.py), so for
+it the static figure of a batch that fits the budget is an upper bound. A stage that trains while it samples (GRPO, on-policy KL) also holds its train
 state: add the train step's arguments. The sampler reads its own copy of the weights in
 `--dtype`.
 
