@@ -133,9 +133,21 @@ def optim(lr=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.1, grad_c
     )
 
 
+# The rollout engine of every sampler call (stages and evaluation). kv_budget_gib is the KV cache
+# per data shard the continuous engine's slot pool is sized from; 0 takes the device's default
+# (0.4 of an accelerator's memory, 2 GiB on a CPU: `rollout/engine.default_kv_budget_bytes`).
+ROLLOUT_ENGINE = dict(engine="continuous", kv_budget_gib=0.0)
+
+
 def sampling(max_new_tokens, temperature=1.0, top_p=1.0, top_k=0):
     return ConfigDict(
-        dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+        dict(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            **ROLLOUT_ENGINE,
+        )
     )
 
 
@@ -265,6 +277,7 @@ def evaluation(splits, samples, max_new_tokens, temperature=0.6, top_p=0.95, max
             temperature=temperature,
             top_p=top_p,
             top_k=0,
+            **ROLLOUT_ENGINE,
             max_problems=max_problems,  # 0: all
             batch_size=64,  # prompts per sampler call
         )

@@ -315,6 +315,11 @@ def _tiny_with(path, value):
         (("stages", "teacher_grpo", "grpo", "kl_coef", -0.1), r"grpo\.kl_coef = -0\.1"),
         (("eval", "max_problems", -1), r"config\.eval\.max_problems = -1; expected >= 0"),
         (
+            ("stages", "opd", "sampling", "engine", "paged"),
+            r"sampling\.engine = 'paged'; expected one of \('continuous', 'static'\)",
+        ),
+        (("eval", "kv_budget_gib", -1.0), r"config\.eval\.kv_budget_gib = -1\.0; expected >= 0"),
+        (
             ("stages", "fkl", "max_skipped_frac", 2.0),
             r"max_skipped_frac = 2\.0; expected in \[0, 1\]",
         ),

@@ -306,3 +306,31 @@ main.run_reporting_errors(fail)
     assert out.returncode == 1
     assert lines[0] == "noise from a finalizer"
     assert lines[-1] == "RuntimeError: the real error"
+
+
+def _sample_with(sampling_overrides):
+    """`batches.sample` of one tiny model under a stage's sampling record with the overrides."""
+    import types
+
+    import jax
+
+    from s2d_jax.workflow import batches, config
+
+    cfg = decoder.ModelConfig.preset("toy_student", vocab_size=32)
+    params = decoder.init_params(cfg, jax.random.key(0))
+    fields = dict(max_new_tokens=12, temperature=0.0, top_p=1.0, top_k=0)
+    fields.update(dict(engine="continuous", kv_budget_gib=0.0), **sampling_overrides)
+    sampling = config.SamplingConfig(**fields)
+    tokenizer = types.SimpleNamespace(eos_ids=(3,), pad_id=0)
+    ctx = types.SimpleNamespace(task=types.SimpleNamespace(tokenizer=tokenizer), mesh=None)
+    prompts = [[1, 5, 7], [1, 9], [1, 4, 4, 6]]
+    rollout, _ = batches.sample(ctx, cfg, params, prompts, sampling, seed=0, num_samples=2)
+    return rollout
+
+
+def test_a_stage_picks_its_rollout_engine_and_kv_budget():
+    continuous = _sample_with(dict(kv_budget_gib=1e-4))  # a few rows' cache: a smaller pool
+    static = _sample_with(dict(engine="static"))
+    np.testing.assert_array_equal(continuous.tokens, static.tokens)
+    with pytest.raises(ValueError, match="holds no row"):
+        _sample_with(dict(kv_budget_gib=1e-9))

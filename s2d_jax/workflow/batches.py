@@ -115,6 +115,8 @@ def sample(ctx: RunContext, cfg, params, prompts, sampling, seed: int, num_sampl
         num_samples=num_samples,
         mesh=ctx.mesh,
         data_axis=sh.BATCH_AXES,
+        engine=sampling.engine,
+        kv_budget_bytes=int(sampling.kv_budget_gib * 2**30) or None,
     )
     rollout = placement.to_host(rollout)
     lengths = np.asarray(rollout.lengths)

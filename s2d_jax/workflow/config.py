@@ -44,6 +44,8 @@ class SamplingConfig:
     temperature: float
     top_p: float
     top_k: int
+    engine: str  # "continuous" (a KV-budget-sized slot pool) or "static" (one batch)
+    kv_budget_gib: float  # continuous: KV cache per data shard; 0: the device's default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +83,8 @@ class EvalConfig:
     temperature: float
     top_p: float
     top_k: int
+    engine: str  # as SamplingConfig
+    kv_budget_gib: float
     max_problems: int
     batch_size: int
 

@@ -1,6 +1,8 @@
-"""The allowed values of every numeric config field, checked when a record is built from a config
+"""The allowed values of every numeric or enumerated config field, checked when a record is built from a config
 (`config.to_dataclass`), so that e.g. a negative step count or learning rate fails at the boundary,
 naming the field."""
+
+from s2d_jax.rollout import sampler
 
 
 def _at_least(low):
@@ -15,9 +17,13 @@ def _between(low, high):
     return (lambda v: low <= v <= high), f"in [{low}, {high}]"
 
 
+def _one_of(choices):
+    return (lambda v: v in choices), f"one of {choices}"
+
+
 _PROBABILITY_MASS = ((lambda v: 0 < v <= 1), "in (0, 1]")
 _DECAY = ((lambda v: 0 <= v < 1), "in [0, 1)")
-# The allowed values of every numeric field, checked when a record is built from a config, so
+# The allowed values of every numeric or enumerated field, checked when a record is built from a config, so
 # that e.g. a negative step count or learning rate fails here, naming the field.
 RANGES = {
     "StageConfig": dict(
@@ -39,6 +45,8 @@ RANGES = {
         temperature=_at_least(0),
         top_p=_PROBABILITY_MASS,
         top_k=_at_least(0),
+        engine=_one_of(sampler.ENGINES),
+        kv_budget_gib=_at_least(0),
     ),
     "OptimizerConfig": dict(
         lr=_at_least(0),
@@ -64,6 +72,8 @@ RANGES = {
         temperature=_at_least(0),
         top_p=_PROBABILITY_MASS,
         top_k=_at_least(0),
+        engine=_one_of(sampler.ENGINES),
+        kv_budget_gib=_at_least(0),
         max_problems=_at_least(0),
         batch_size=_at_least(1),
     ),
