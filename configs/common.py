@@ -50,6 +50,7 @@ def base(seed, nan_policy="skip", grader_workers=2, mesh_sizes=None):
     config.grader_workers = grader_workers
     config.grader_timeout_s = 5.0
     config.mesh = mesh_sizes or mesh()
+    config.probe = probe("", "base", "base", max_new_tokens=1)  # no probe set: C2 not measured
     return config
 
 
@@ -136,6 +137,8 @@ def optim(lr=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.1, grad_c
 # The rollout engine of every sampler call (stages and evaluation). kv_budget_gib is the KV cache
 # per data shard the continuous engine's slot pool is sized from; 0 takes the device's default
 # (0.4 of an accelerator's memory, 2 GiB on a CPU: `rollout/engine.default_kv_budget_bytes`).
+# Tokens per chunk of the full-vocabulary terms (training, scoring, C2): memory ~ chunk x vocabulary.
+CHUNK_SIZE = 512
 ROLLOUT_ENGINE = dict(engine="continuous", kv_budget_gib=0.0)
 
 
@@ -170,7 +173,7 @@ def _stage(kind, model, init_from, data, steps, batch_size, max_new_tokens, lr, 
         sampling=sampling(max_new_tokens),
         optim=optim(lr=lr),
         grpo=grpo(),
-        chunk_size=512,  # tokens per chunk of the full-vocabulary terms (memory ~ chunk x V)
+        chunk_size=CHUNK_SIZE,
         vocab_chunk=8192,  # vocabulary slice of their backward pass (0: the whole vocabulary)
         max_skipped_frac=0.1,  # nan_policy "skip": more skipped steps than this share fail
         max_consecutive_skips=3,  # ... as do more skipped steps than this in a row
@@ -280,6 +283,24 @@ def evaluation(splits, samples, max_new_tokens, temperature=0.6, top_p=0.95, max
             **ROLLOUT_ENGINE,
             max_problems=max_problems,  # 0: all
             batch_size=64,  # prompts per sampler call
+        )
+    )
+
+
+def probe(data, teacher, student, max_new_tokens, prompts=16, samples=2):
+    """The probe set of condition C2 (s2d_jax/workflow/probe.py): `prompts` prompts of pool
+    `data`, each sampled `samples` times at T = 1 by the teacher at reference `teacher` and the
+    student at `student`; KL(T||S), KL(S||T) and the variance of log(pT/pS) on it at every
+    stage boundary of the student. data "": off."""
+    return ConfigDict(
+        dict(
+            data=data,
+            prompts=prompts,
+            samples=samples,
+            teacher=teacher,
+            student=student,
+            sampling=sampling(max_new_tokens),
+            chunk_size=CHUNK_SIZE,
         )
     )
 

@@ -147,6 +147,9 @@ def get_config(arg=None):
     )
     config.stages = _stages(arg.arm)
     config.eval = common.evaluation("math500,aime24,aime25", samples=16, max_new_tokens=16384)
+    # C2 of every arm on one probe set: rows of the two base checkpoints, so each arm's run (and
+    # each seed) reads the same rows.
+    config.probe = common.probe("train", "base", "base", max_new_tokens=TRANSFER["max_new"])
     if arg.pair == "one_gpu":
         _fit_one_gpu(config)
     if tiny:
@@ -222,6 +225,7 @@ def _fit_one_gpu(config):
             stage.samples_per_prompt if stage.kind != "forward_kl" else 1
         )
     config.eval.max_new_tokens = ONE_GPU_NEW_TOKENS
+    config.probe.sampling.max_new_tokens = ONE_GPU_NEW_TOKENS
 
 
 def _shrink_to_tiny(config):
@@ -234,3 +238,5 @@ def _shrink_to_tiny(config):
         stage.samples_per_prompt = t["group"] if stage.kind == "grpo" else t["rollouts"]
         stage.micro_batches = t["micro_batches"]
     config.eval.update(samples=2, max_new_tokens=t["max_new"], max_problems=t["problems"])
+    config.probe.update(prompts=t["prompts"], samples=1)
+    config.probe.sampling.max_new_tokens = t["max_new"]

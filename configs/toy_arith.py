@@ -77,6 +77,9 @@ def get_config(arg=None):
         rows.append(("half-split: bridge(1H) -> Stage 3(2H)", "stage3"))
     config.stages = s
     config.eval = common.evaluation("test", samples=4, max_new_tokens=new, max_problems=256)
+    # C2 of every arm on one probe set: rows of the two warm-started models, which every arm
+    # starts from.
+    config.probe = common.probe("rl", "teacher_sft", "student_sft", max_new_tokens=new)
     config.report_rows = ",".join(f"{label}={stage}" for label, stage in rows)
     config.export_hf = "opd"
     return config

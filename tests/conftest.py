@@ -49,6 +49,9 @@ def shrink_config(config, *, steps=2, new_tokens=12, keep_stages=None):
                 del config.stages[name]
         if config.export_hf not in keep_stages:
             config.export_hf = ""
+        for role in ("teacher", "student"):
+            if config.probe[role] not in keep_stages:
+                config.probe[role] = "base"
     for stage in config.stages.values():
         stage.steps = steps
         stage.save_every = 1
@@ -58,6 +61,8 @@ def shrink_config(config, *, steps=2, new_tokens=12, keep_stages=None):
         stage.optim.warmup_steps = 0
         stage.micro_batches = 1
     config.eval.update(max_problems=4, samples=2, max_new_tokens=new_tokens, batch_size=8)
+    config.probe.update(prompts=4, samples=1)
+    config.probe.sampling.max_new_tokens = new_tokens
     config.grader_workers = 1
     return config
 

@@ -38,7 +38,7 @@ def test_every_stage_kind_runs_two_steps(toy_run):
         assert summaries[name]["eval/test/grader_timeouts"] == timeouts
         assert "eval/test/grader_errors" in summaries[name]
     assert "grpo/reward" in metrics.read_metrics(workdir / "teacher_grpo")[0]
-    assert "c2/forward_before" in summaries["fkl"]
+    assert (workdir / "probe" / "c2.json").exists()
     assert (workdir / "report.md").read_text().count("|") > 10
     assert "| grader timeouts |" in (workdir / "report.md").read_text()
     assert (workdir / "curves.png").stat().st_size > 1000

@@ -14,7 +14,7 @@ from s2d_jax.learn import optimizer, steps
 from s2d_jax.model import cached_forward, decoder
 from s2d_jax.rollout import sampler
 from s2d_jax.workflow import metrics, pipeline
-from s2d_jax.workflow.config import parse_models
+from s2d_jax.workflow.models import parse_models
 
 PAPER_LR = records.optimizer_config(lr=1e-6)  # the paper's lr, constant, AdamW (0.9, 0.999)
 

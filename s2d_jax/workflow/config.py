@@ -12,30 +12,18 @@ against its preset, the pools that stages and the evaluation read, and the run-l
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 from s2d_jax.data.datasets import SPLITS as DATASET_SPLITS
 from s2d_jax.data.task import TaskConfig, resolve_pool
-from s2d_jax.data.tokenizers import load_tokenizer
 from s2d_jax.distributed.sharding import MeshConfig
 from s2d_jax.learn.objectives import GrpoConfig
 from s2d_jax.learn.optimizer import OptimizerConfig
-from s2d_jax.model import decoder, hf_io
-from s2d_jax.workflow.ranges import check_ranges
+from s2d_jax.workflow.models import ModelSpec, check_vocab, model_config, parse_models
+from s2d_jax.workflow.ranges import to_dataclass
 from s2d_jax.workflow.stages import KINDS
 
 NAN_POLICIES = ("skip", "raise")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    role: str
-    preset: str  # a model presets name: fresh init, or the dimensions hf_path must have
-    hf_path: str  # local Hugging Face checkpoint directory
-    dtype: str  # dtype of the params as loaded: float32 masters if any stage trains the role
-    compute_dtype: str  # "" = same as dtype; frozen copies (teacher, GRPO reference) use it
-    random_weights: bool  # write a random HF checkpoint of `preset` and load it (random_models.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +78,19 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    """The probe set of condition C2 (`probe.py`): data "" turns it off."""
+
+    data: str  # the pool whose first `prompts` prompts it samples
+    prompts: int
+    samples: int  # rows per prompt and role
+    teacher: str  # the teacher's reference ("base" or a teacher stage) its teacher rows come from
+    student: str  # the student's, for its student rows
+    sampling: SamplingConfig
+    chunk_size: int  # tokens per chunk of the full-vocabulary KL terms
+
+
+@dataclasses.dataclass(frozen=True)
 class GraderConfig:
     workers: int
     timeout_s: float
@@ -107,6 +108,7 @@ class RunConfig:
     models: dict[str, ModelSpec]
     stages: tuple[StageConfig, ...]  # in dependency order
     eval: EvalConfig
+    probe: ProbeConfig
     export_hf: str  # a stage whose params are also written as a Hugging Face checkpoint
     report_rows: str  # "label=stage,..." rows of the report's table
 
@@ -122,6 +124,7 @@ _RUN_KEYS = (
     "models",
     "stages",
     "eval",
+    "probe",
     "export_hf",
     "report_rows",
 )
@@ -149,6 +152,7 @@ def parse(config) -> RunConfig:
         models=models,
         stages=tuple(parse_stages(config, models)),
         eval=parse_eval(config),
+        probe=parse_probe(config),
         export_hf=config.export_hf,
         report_rows=config.report_rows,
     )
@@ -159,6 +163,7 @@ def parse(config) -> RunConfig:
     if run_cfg.export_hf and run_cfg.export_hf not in [s.name for s in run_cfg.stages]:
         raise KeyError(f"config.export_hf = {run_cfg.export_hf!r} is not a stage of this config")
     check_pools(run_cfg)
+    check_probe_references(run_cfg)
     for spec in models.values():
         if spec.hf_path:
             model_config(spec, vocab_size=None)  # reads config.json, checks the preset's dims
@@ -171,124 +176,20 @@ def parse(config) -> RunConfig:
     return run_cfg
 
 
-def tokenizer_source(models: dict[str, ModelSpec]) -> str:
-    """The HF directory whose tokenizer the run uses: teacher and student share one (distillation
-    needs it), read from the first role with a checkpoint in reverse name order (the teacher's);
-    "" when no role has one (the toy's own tokenizer)."""
-    return next((m.hf_path for _, m in sorted(models.items(), reverse=True) if m.hf_path), "")
-
-
-def check_vocab(task: TaskConfig, models: dict[str, ModelSpec]) -> None:
-    """Every checkpoint's vocabulary holds the tokenizer's ids (a smaller one would fail only
-    when sampling reaches an id past it). The toy task sizes its models to its own tokenizer."""
-    source = tokenizer_source(models)
-    if task.name == "arith" or not source:
-        return
-    vocab = load_tokenizer(source).vocab_size
-    for role, spec in sorted(models.items()):
-        if spec.hf_path:
-            model_vocab = model_config(spec, vocab_size=None).vocab_size
-            if model_vocab < vocab:
-                raise ValueError(
-                    f"config.models.{role}: the model's vocabulary ({model_vocab} ids, "
-                    f"{spec.hf_path}) is smaller than the tokenizer's ({vocab} ids, {source}); "
-                    "teacher and student must share a tokenizer their embeddings cover"
-                )
-
-
 def check_pools(run_cfg: RunConfig) -> None:
     """Every pool a stage or the evaluation reads exists (checked by name, no data read), so a
     typo fails now and not after a stage has trained."""
     pools = [
         (f"config.stages.{s.name}.data", s.data) for s in run_cfg.stages if KINDS[s.kind].trains
     ]
-    for where, name in pools + [("config.eval.splits", split) for split in run_cfg.eval.splits]:
+    pools += [("config.eval.splits", split) for split in run_cfg.eval.splits]
+    if run_cfg.probe.data:
+        pools.append(("config.probe.data", run_cfg.probe.data))
+    for where, name in pools:
         try:
             resolve_pool(run_cfg.task, name)
         except KeyError as error:
             raise KeyError(f"{where}: {error.args[0]}") from None
-
-
-def model_config(
-    spec: ModelSpec, *, vocab_size: int | None, checkpoint_dir: str = ""
-) -> decoder.ModelConfig:
-    """A role's architecture, built one way for every source: the config.json of
-    `checkpoint_dir` (an HF directory given as init_from / teacher) or of the role's hf_path,
-    or else its toy preset sized to the task's tokenizer (`vocab_size`). The role's dtypes apply
-    either way, and a checkpoint must match the role's preset's dimensions when one is given."""
-    dtypes = dict(param_dtype=spec.dtype, compute_dtype=spec.compute_dtype or spec.dtype)
-    path = checkpoint_dir or spec.hf_path
-    if not path:
-        return decoder.ModelConfig.preset(spec.preset, vocab_size=vocab_size, **dtypes)
-    cfg = decoder.ModelConfig.from_hf_config(hf_io.read_hf_config(path), **dtypes)
-    if spec.preset:
-        expected = decoder.ModelConfig.preset(spec.preset, **dtypes)
-        differ = _differing_fields(cfg, expected, ignore=("max_seq_len",))
-        if differ:
-            where = checkpoint_dir or f"config.models.{spec.role}.hf_path = {spec.hf_path}"
-            raise ValueError(
-                f"{where} is not a {spec.preset} checkpoint: "
-                + ", ".join(f"{f} {getattr(cfg, f)!r} != {getattr(expected, f)!r}" for f in differ)
-            )
-    return cfg
-
-
-def _differing_fields(a, b, ignore=()) -> list[str]:
-    """Names of the dataclass fields where a and b differ; floats compare to a relative 1e-6,
-    since checkpoints converted through float32 (GGUF) store e.g. 1e-5 as 9.9999997e-06."""
-    differ = []
-    for field in dataclasses.fields(a):
-        x, y = getattr(a, field.name), getattr(b, field.name)
-        same = math.isclose(x, y, rel_tol=1e-6) if isinstance(x, float) else x == y
-        if not same and field.name not in ignore:
-            differ.append(field.name)
-    return differ
-
-
-def to_dataclass(cls, value, where: str):
-    """Build `cls` from a ConfigDict/dict, naming `where` and the key on a missing or unknown key."""
-    data = value.to_dict() if hasattr(value, "to_dict") else dict(value)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise KeyError(f"{where}: unknown key(s) {unknown}; expected {sorted(fields)}")
-    required = {n for n, f in fields.items() if f.default is dataclasses.MISSING}
-    missing = sorted(required - set(data) - {"name", "role"})
-    if missing:
-        raise KeyError(f"{where}: missing key(s) {missing}")
-    try:
-        record = cls(**data)
-    except ValueError as error:  # a record's own check (e.g. an unknown aggregation)
-        raise ValueError(f"{where}: {error}") from None
-    check_ranges(record, where)
-    return record
-
-
-def parse_models(config) -> dict[str, ModelSpec]:
-    specs = {}
-    for role in config.models:
-        spec = to_dataclass(
-            ModelSpec, dict(config.models[role], role=role), f"config.models.{role}"
-        )
-        if spec.random_weights:
-            if spec.hf_path or not spec.preset:
-                raise ValueError(
-                    f"config.models.{role}: random_weights writes a random checkpoint of `preset`; "
-                    f"give a preset and no hf_path (preset={spec.preset!r}, hf_path={spec.hf_path!r})"
-                )
-        elif not spec.hf_path and not spec.preset.startswith("toy_"):
-            raise ValueError(
-                f"config.models.{role}.hf_path is required: the local path of a Hugging Face "
-                f"checkpoint{' of ' + spec.preset if spec.preset else ''} (only toy_* presets "
-                "are trained from a fresh init)"
-            )
-        if spec.hf_path and not Path(spec.hf_path).is_dir():
-            raise FileNotFoundError(
-                f"config.models.{role}.hf_path = {spec.hf_path!r} is not a directory: give the local "
-                "path of a Hugging Face checkpoint (config.json + *.safetensors)"
-            )
-        specs[role] = spec
-    return specs
 
 
 def parse_stage(name: str, stage) -> StageConfig:
@@ -384,6 +285,28 @@ def parse_eval(config) -> EvalConfig:
     if "splits" in data:  # a missing key is reported by to_dataclass, naming it
         data["splits"] = tuple(s for s in str(data["splits"]).split(",") if s)
     return to_dataclass(EvalConfig, data, "config.eval")
+
+
+def parse_probe(config) -> ProbeConfig:
+    data = config.probe.to_dict()
+    if "sampling" in data:
+        data["sampling"] = to_dataclass(SamplingConfig, data["sampling"], "config.probe.sampling")
+    return to_dataclass(ProbeConfig, data, "config.probe")
+
+
+def check_probe_references(run_cfg: RunConfig) -> None:
+    """The probe's rows come from "base" or a stage of the same role (a stage's export)."""
+    if not run_cfg.probe.data:
+        return
+    roles = {s.name: s.model for s in run_cfg.stages}
+    for role in ("teacher", "student"):
+        ref = getattr(run_cfg.probe, role)
+        if role not in run_cfg.models or (ref != "base" and roles.get(ref) != role):
+            raise ValueError(
+                f"config.probe.{role} = {ref!r}: expected 'base' or a stage of the {role!r} "
+                f"model ({sorted(n for n, r in roles.items() if r == role)}), and a {role!r} "
+                f"model in config.models"
+            )
 
 
 def parse_task(config) -> TaskConfig:

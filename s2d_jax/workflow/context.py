@@ -12,7 +12,8 @@ from s2d_jax.data.task import Task
 from s2d_jax.grading.rewards import Grader
 
 if TYPE_CHECKING:  # annotations only: config.py imports the stage kinds, which use this record
-    from s2d_jax.workflow.config import EvalConfig, ModelSpec
+    from s2d_jax.workflow.config import EvalConfig
+    from s2d_jax.workflow.models import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)

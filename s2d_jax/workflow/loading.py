@@ -2,7 +2,7 @@
 
 A reference is "base" (the role's Hugging Face checkpoint, or a fresh init of its toy preset), the
 name of an earlier stage (its `params/` export), or a Hugging Face directory. The architecture
-comes from `config.model_config` for all three, so the role's dtypes and preset check always
+comes from `models.model_config` for all three, so the role's dtypes and preset check always
 apply. With a mesh every parameter is created, read or restored directly onto its training shard.
 """
 
@@ -16,7 +16,7 @@ from s2d_jax.distributed import placement
 from s2d_jax.distributed import sharding as sh
 from s2d_jax.model import decoder, hf_io
 from s2d_jax.workflow import checkpoints, random_models
-from s2d_jax.workflow.config import model_config
+from s2d_jax.workflow.models import model_config
 from s2d_jax.workflow.stages import Policy
 
 if TYPE_CHECKING:

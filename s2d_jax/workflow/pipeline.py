@@ -31,6 +31,7 @@ from s2d_jax.workflow import (
     loading,
     manifest,
     pools,
+    probe,
     random_models,
     report,
     rerun,
@@ -38,9 +39,8 @@ from s2d_jax.workflow import (
     stage_loop,
     stages,
 )
-from s2d_jax.workflow import (
-    config as config_lib,
-)
+from s2d_jax.workflow import config as config_lib
+from s2d_jax.workflow import models as models_lib
 from s2d_jax.workflow.config import RunConfig, StageConfig
 from s2d_jax.workflow.context import RunContext
 
@@ -74,8 +74,8 @@ def _run_locked(run_cfg: RunConfig, workdir: Path, mesh) -> dict:
     models = random_models.materialize(run_cfg.models, workdir, run_cfg.seed)
     for spec in models.values():
         if spec.random_weights:  # the preset check, as for a given checkpoint
-            config_lib.model_config(spec, vocab_size=None)
-    config_lib.check_vocab(run_cfg.task, models)  # the random checkpoints' too
+            models_lib.model_config(spec, vocab_size=None)
+    models_lib.check_vocab(run_cfg.task, models)  # the random checkpoints' too
     task = Task(run_cfg.task, tokenizer_path(run_cfg, models, workdir))
     manifest.check_and_write(
         workdir, manifest.build(run_cfg, models, task, mesh), write=jax.process_index() == 0
@@ -96,19 +96,22 @@ def _run_locked(run_cfg: RunConfig, workdir: Path, mesh) -> dict:
             summaries[stage.name] = run_stage(ctx, stage, stage_dir)
             checkpoints.mark_done(stage_dir, summaries[stage.name])
             print(f"[{stage.name}] {_one_line(summaries[stage.name])}")
+        c2 = probe.measure(ctx, run_cfg.probe, run_cfg.stages)  # every process: a collective
     if run_cfg.export_hf:  # every process: the params are gathered from all of them
         export_hf(ctx, run_cfg.stages, run_cfg.export_hf, workdir / "export_hf")
     if jax.process_index() == 0:
         labeled = labeled_examples(ctx, run_cfg.stages)
-        text = report.write_report(workdir, run_cfg.report_rows, summaries, labeled, run_cfg.stages)
+        text = report.write_report(
+            workdir, run_cfg.report_rows, summaries, labeled, run_cfg.stages, c2
+        )
         print(text)
     return summaries
 
 
 def tokenizer_path(run_cfg: RunConfig, models: dict, workdir: Path) -> Path:
-    """The run's tokenizer (`config.tokenizer_source`); the toy's is trained into the (shared)
+    """The run's tokenizer (`models.tokenizer_source`); the toy's is trained into the (shared)
     workdir once, by process 0."""
-    source = config_lib.tokenizer_source(models)
+    source = models_lib.tokenizer_source(models)
     if jax.process_index() == 0:
         build_tokenizer(run_cfg.task, workdir, source)
     if jax.process_count() > 1:
@@ -155,11 +158,8 @@ def run_stage(ctx: RunContext, stage: StageConfig, stage_dir: Path) -> dict:
         teacher.cfg if teacher else None,
         teacher.params if teacher else None,
     )
-    diagnose = kind.diagnostics or (lambda *args: {})
-    summary = diagnose(ctx, stage, cfg, state.params, teacher, make_batch, "before")
     state = _train(ctx, stage, stage_dir, cfg, state, make_batch, update, total)
-    summary = stage_loop.stage_summary(stage_dir) | summary
-    summary.update(diagnose(ctx, stage, cfg, state.params, teacher, make_batch, "after"))
+    summary = stage_loop.stage_summary(stage_dir)
     summary.update(evaluation.evaluate_policy(ctx, cfg, state.params, stage_dir, "final"))
     summary.update(pools.stage_pool(ctx, stage).metrics())
     summary.update(budget.stage_budget(stage_dir, cfg, teacher.cfg if teacher else None))

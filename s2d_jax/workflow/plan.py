@@ -15,6 +15,7 @@ from pathlib import Path
 
 from s2d_jax.data.task import Task, build_tokenizer
 from s2d_jax.workflow import config as config_lib
+from s2d_jax.workflow import models as models_lib
 from s2d_jax.workflow import pipeline, pools, random_models, stages
 from s2d_jax.workflow.config import RunConfig, StageConfig
 from s2d_jax.workflow.context import RunContext
@@ -56,7 +57,7 @@ def describe(config, workdir) -> str:
 
 def _tokenizer(run_cfg: RunConfig, workdir: Path, scratch: Path) -> Path:
     """The run's tokenizer, built where a real run would write nothing yet."""
-    source = config_lib.tokenizer_source(run_cfg.models)
+    source = models_lib.tokenizer_source(run_cfg.models)
     random_roles = [m for m in run_cfg.models.values() if m.random_weights]
     if not source and random_roles:  # the random twin's tokenizer, as materialize writes it
         written = workdir / "random_models" / "tokenizer"

@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 
 from s2d_jax.data import builders, prompts, tokenizers
 from s2d_jax.model import decoder, hf_io
-from s2d_jax.workflow.config import ModelSpec
+from s2d_jax.workflow.models import ModelSpec
 
 # The tokenizer learns its merges from the shipped MATH train problems and the answer instruction
 # (weighted like the problems together: every prompt ends with it), so a math prompt takes tens of

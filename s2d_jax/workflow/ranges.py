@@ -1,6 +1,8 @@
-"""The allowed values of every numeric or enumerated config field, checked when a record is built from a config
-(`config.to_dataclass`), so that e.g. a negative step count or learning rate fails at the boundary,
-naming the field."""
+"""Records built from a config (`to_dataclass`), and the allowed values of every numeric or
+enumerated field, checked as a record is built, so that e.g. a negative step count or learning rate
+fails at the boundary, naming the field."""
+
+import dataclasses
 
 from s2d_jax.rollout import sampler
 
@@ -65,6 +67,7 @@ RANGES = {
         dr_grpo_max_len=_at_least(0),
         format_reward=_between(0, 1),
     ),
+    "ProbeConfig": dict(prompts=_at_least(1), samples=_at_least(1), chunk_size=_at_least(1)),
     "GraderConfig": dict(workers=_at_least(1), timeout_s=_above(0)),
     "EvalConfig": dict(
         samples=_at_least(1),
@@ -86,3 +89,22 @@ def check_ranges(record, where: str) -> None:
         value = getattr(record, field)
         if not ok(value):
             raise ValueError(f"{where}.{field} = {value!r}; expected {allowed}")
+
+
+def to_dataclass(cls, value, where: str):
+    """Build `cls` from a ConfigDict/dict, naming `where` and the key on a missing or unknown key."""
+    data = value.to_dict() if hasattr(value, "to_dict") else dict(value)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise KeyError(f"{where}: unknown key(s) {unknown}; expected {sorted(fields)}")
+    required = {n for n, f in fields.items() if f.default is dataclasses.MISSING}
+    missing = sorted(required - set(data) - {"name", "role"})
+    if missing:
+        raise KeyError(f"{where}: missing key(s) {missing}")
+    try:
+        record = cls(**data)
+    except ValueError as error:  # a record's own check (e.g. an unknown aggregation)
+        raise ValueError(f"{where}: {error}") from None
+    check_ranges(record, where)
+    return record

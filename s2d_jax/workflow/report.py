@@ -93,21 +93,21 @@ def grading_table(rows, summaries: dict) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def kl_table(summaries: dict) -> str:
-    """Condition C2: teacher-student KL on teacher rollouts before and after each warmup stage."""
-    lines = [
-        "| stage | KL(T‖S) before | KL(T‖S) after | KL(S‖T) before | KL(S‖T) after |",
-        "|---|---|---|---|---|",
-    ]
-    found = False
-    for stage, summary in summaries.items():
-        if "c2/forward_before" in summary:
-            found = True
-            lines.append(
-                f"| {stage} | {summary['c2/forward_before']:.3f} | {summary['c2/forward_after']:.3f} "
-                f"| {summary['c2/reverse_before']:.3f} | {summary['c2/reverse_after']:.3f} |"
-            )
-    return "\n".join(lines) if found else ""
+C2_COLUMNS = (("kl_ts", "KL(T‖S)"), ("kl_st", "KL(S‖T)"), ("logratio_var", "Var log(pT/pS)"))
+
+
+def c2_table(c2: dict[str, dict]) -> str:
+    """Condition C2 on the run's probe set (probe.py): per student stage, its teacher and each
+    figure at the stage's start -> end."""
+    if not c2:
+        return ""
+    header = ["stage", "teacher", *[f"{title} start → end" for _, title in C2_COLUMNS]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for stage, row in c2.items():
+        cells = [stage, row["teacher"]]
+        cells += [f"{row[f'c2/{k}_start']:.3f} → {row[f'c2/{k}_end']:.3f}" for k, _ in C2_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def pool_table(summaries: dict) -> str:
@@ -163,10 +163,16 @@ def plot_curves(workdir: Path, stage_names: list[str], out: Path) -> Path | None
 
 
 def write_report(
-    workdir: Path, rows_text: str, summaries: dict, labeled: dict[str, int], stage_cfgs=()
+    workdir: Path,
+    rows_text: str,
+    summaries: dict,
+    labeled: dict[str, int],
+    stage_cfgs=(),
+    c2: dict[str, dict] | None = None,
 ) -> str:
     """Write report.md and curves.png into the run directory; return the markdown. With the
-    run's `stage_cfgs` it also tabulates each arm's budget (its whole chain of stages)."""
+    run's `stage_cfgs` it also tabulates each arm's budget (its whole chain of stages), and with
+    `c2` (probe.measure) condition C2 at every student stage's start and end."""
     rows = parse_rows(rows_text) or [(name, name) for name in summaries]
     parts = ["# Results", "", results_table(rows, summaries, labeled)]
     if stage_cfgs:
@@ -184,11 +190,12 @@ def write_report(
     if pool:
         parts += ["", "## Prompt pools: prompts over a stage's cap are dropped, not truncated", ""]
         parts += [pool]
-    kl = kl_table(summaries)
+    kl = c2_table(c2 or {})
     if kl:
         parts += [
             "",
-            "## Teacher-student KL before and after the forward-KL warmup (condition C2)",
+            "## Condition C2: teacher and student on the run's fixed probe set, at each stage's "
+            "start and end",
             "",
             kl,
         ]

@@ -196,35 +196,6 @@ def on_policy_kl_batches(
     return make_batch, num_steps(stage, len(pool))
 
 
-# ----------------------------------------------------------------------------- diagnostics
-
-
-def c2_kl(ctx: RunContext, stage: StageConfig, cfg, params, teacher: Policy, make_batch, when: str):
-    """Condition C2: mean per-token KLs between teacher and student on the first batch of
-    teacher rollouts (the same batch before and after the warmup)."""
-    batch, _ = make_batch(params, 0)
-    tokens, attention_mask = placement.put_rows(
-        ctx.mesh, (batch["tokens"], batch["attention_mask"])
-    )
-    stats = steps.score_kl(
-        cfg,
-        params,
-        teacher.cfg,
-        teacher.params,
-        tokens,
-        attention_mask,
-        chunk_size=stage.chunk_size,
-    )
-    if ctx.mesh is not None:  # gathered to every process; one device reduces them in place
-        stats = placement.to_host({k: stats[k] for k in ("forward", "reverse")})
-    mask = batch["loss_mask"]
-    count = max(float(mask.sum()), 1.0)
-    return {
-        f"c2/forward_{when}": float((stats["forward"] * mask).sum() / count),
-        f"c2/reverse_{when}": float((stats["reverse"] * mask).sum() / count),
-    }
-
-
 # ----------------------------------------------------------------------------- the kinds
 
 
@@ -233,8 +204,8 @@ class StageKind:
     """Everything the driver needs to know about one kind of stage.
 
     make_batches(ctx, stage, policy, teacher, stage_dir) -> (make_batch(params, step) -> (batch,
-    metrics), number of steps); diagnostics(ctx, stage, cfg, params, teacher, make_batch, when)
-    -> metrics, run with when = "before" and "after" the training loop.
+    metrics), number of steps). Condition C2 is measured for every kind alike, after the run
+    (probe.py).
     """
 
     trains: bool  # False: evaluate `init_from` and stop
@@ -244,7 +215,6 @@ class StageKind:
     # what is sampled: "none", "policy" (every update) or "teacher_once" (the pool, cached)
     rollouts: str
     make_batches: Callable | None
-    diagnostics: Callable | None = None
 
     def objective(self, stage: StageConfig) -> str:
         return stage.loss or self.objectives[0]
@@ -254,13 +224,7 @@ KINDS = {
     "sft": StageKind(True, False, False, ("sft",), "none", sft_batches),
     "grpo": StageKind(True, False, True, ("grpo",), "policy", grpo_batches),
     "forward_kl": StageKind(
-        True,
-        True,
-        False,
-        ("forward_kl", "forward_kl_hard"),
-        "teacher_once",
-        forward_kl_batches,
-        c2_kl,
+        True, True, False, ("forward_kl", "forward_kl_hard"), "teacher_once", forward_kl_batches
     ),
     "on_policy_kl": StageKind(
         True, True, False, ("reverse_kl", "sampled_reverse_kl"), "policy", on_policy_kl_batches
