@@ -21,7 +21,9 @@ def _rows(text: str) -> dict[str, list[str]]:
 
 def test_the_toy_plan_lists_every_stage_and_writes_nothing(tmp_path):
     config = toy_arith.get_config()
-    rows = _rows(plan.describe(config, tmp_path / "run"))
+    text = plan.describe(config, tmp_path / "run")
+    rows = _rows(text)
+    assert "at the start and end of 10 student stage(s) (student_sft, direct_grpo," in text
     assert list(rows) == [s.name for s in pipeline.validate(config).stages]
     grpo = rows["direct_grpo"]
     # 40 updates of 16 prompts x 8 samples; every row at 48 new tokens

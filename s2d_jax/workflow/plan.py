@@ -16,7 +16,7 @@ from pathlib import Path
 from s2d_jax.data.task import Task, build_tokenizer
 from s2d_jax.workflow import config as config_lib
 from s2d_jax.workflow import models as models_lib
-from s2d_jax.workflow import pipeline, pools, random_models, stages
+from s2d_jax.workflow import pipeline, pools, probe, random_models, stages
 from s2d_jax.workflow.config import RunConfig, StageConfig
 from s2d_jax.workflow.context import RunContext
 
@@ -52,7 +52,20 @@ def describe(config, workdir) -> str:
         f"Each evaluation (a stage's final one, and every `eval_every` steps) samples up to "
         f"{evals:,} tokens on {', '.join(run_cfg.eval.splits) or 'no split'}."
     )
+    lines.append(_probe_line(run_cfg))
     return "\n".join(lines)
+
+
+def _probe_line(run_cfg: RunConfig) -> str:
+    p = run_cfg.probe
+    if not p.data:
+        return "Condition C2: no probe set (config.probe.data is empty)."
+    bounds = probe.boundaries(p, run_cfg.stages)
+    return (
+        f"Condition C2 after the stages, on {p.prompts} prompts of {p.data!r} x {p.samples} "
+        f"samples of the teacher at {p.teacher!r} and the student at {p.student!r}: at the start "
+        f"and end of {len(bounds)} student stage(s) ({', '.join(bounds) or 'none'})."
+    )
 
 
 def _tokenizer(run_cfg: RunConfig, workdir: Path, scratch: Path) -> Path:
