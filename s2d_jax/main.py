@@ -42,6 +42,9 @@ _DRY_RUN = flags.DEFINE_bool(
 _SEEDS = flags.DEFINE_list(
     "seeds", [], "Run once per seed into <workdir>/seed_<n>/ and summarise across seeds."
 )
+_SHARED_STAGES = flags.DEFINE_list(
+    "shared_stages", [], "With --seeds: stages trained once (first seed) and read by every seed."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -67,7 +70,12 @@ def main(argv):
     run = functools.partial(pipeline.run, accept_config_changes=_ACCEPT_CHANGES.value)
     if _SEEDS.value:
         seeds = [int(seed) for seed in _SEEDS.value]
-        run = functools.partial(sweep.run, seeds=seeds, accept_config_changes=_ACCEPT_CHANGES.value)
+        run = functools.partial(
+            sweep.run,
+            seeds=seeds,
+            shared_stages=_SHARED_STAGES.value,
+            accept_config_changes=_ACCEPT_CHANGES.value,
+        )
     run_reporting_errors(run, _CONFIG.value, _WORKDIR.value)
 
 

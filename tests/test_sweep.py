@@ -90,3 +90,23 @@ def test_checkpoint_hashes_name_the_config_and_the_weights_header(tmp_path):
     hf_io.save_hf(tmp_path / "b", bigger, decoder.init_params(bigger, jax.random.key(0)))
     other = manifest.checkpoint_hashes(str(tmp_path / "b"))
     assert all(hashes[k] != other[k] for k in hashes)
+
+
+def test_shared_stages_are_trained_once_and_read_by_every_seed(tmp_path):
+    config = shrink_config(
+        toy_arith.get_config("stage3=false"), keep_stages=("teacher_sft", "student_sft", "fkl")
+    )
+    config.stages.fkl.teacher = "teacher_sft"
+    config.probe.teacher = "teacher_sft"
+    config.report_rows = "fkl=fkl,teacher=teacher_sft"
+    with pytest.raises(ValueError, match="'fkl' reads stage 'student_sft', which is not shared"):
+        sweep.run(config, tmp_path, [0, 1], shared_stages=["fkl"])
+    data = sweep.run(config, tmp_path, [0, 1], shared_stages=["teacher_sft"])
+    link = tmp_path / "seed_1" / "teacher_sft"
+    assert link.is_symlink() and link.resolve() == (tmp_path / "seed_0" / "teacher_sft").resolve()
+    teacher = data["arms"]["teacher"]["values"]
+    assert teacher[0] == teacher[1]  # one model
+    assert not (tmp_path / "seed_1" / "student_sft").is_symlink()
+    assert "shared by every seed: teacher_sft" in (tmp_path / "summary.md").read_text()
+    with pytest.raises(FileExistsError, match="this seed trained 'student_sft' itself"):
+        sweep.run(config, tmp_path, [0, 1], shared_stages=["teacher_sft", "student_sft"])

@@ -9,6 +9,11 @@ summary (`summary.md`, `summary.json`, `summary.png`) gives, per arm of `config.
 mean ± standard error across seeds beside every seed's value (each ± its SE over problems), and
 for every pair of arms the paired difference across seeds with its SE and the number of seeds
 in which the ordering holds.
+
+`shared_stages` (`--shared_stages teacher_sft,teacher_grpo`) trains those stages once, on the first
+seed, and every other seed reads them (its `seed_<n>/<stage>` is a link to the first seed's): a
+teacher trained once, the students varied. A shared stage's inputs must be shared too, so every
+seed's copy of it is the same model; the summary names the shared stages.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,25 +29,59 @@ import numpy as np
 from s2d_jax.workflow import pipeline, report
 
 
-def run(config, workdir, seeds: list[int], **run_kwargs) -> dict:
+def run(config, workdir, seeds: list[int], shared_stages=(), **run_kwargs) -> dict:
     """Run every seed (skipping finished stages), then write the summary; returns its data."""
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds must list distinct seeds, got {seeds}")
+    check_shared(config, shared_stages)
     workdir = Path(workdir)
     per_seed = {}
     for seed in seeds:
         seeded = config.copy_and_resolve_references()
         seeded.seed = seed
-        print(f"[sweep] seed {seed}: {workdir / f'seed_{seed}'}")
-        per_seed[seed] = pipeline.run(seeded, workdir / f"seed_{seed}", **run_kwargs)
+        seed_dir = workdir / f"seed_{seed}"
+        if seed != seeds[0]:
+            link_shared(workdir / f"seed_{seeds[0]}", seed_dir, shared_stages)
+        print(f"[sweep] seed {seed}: {seed_dir}")
+        per_seed[seed] = pipeline.run(seeded, seed_dir, **run_kwargs)
     rows = report.parse_rows(config.report_rows) or [(name, name) for name in per_seed[seeds[0]]]
     data = summarize(rows, per_seed)
+    data["shared_stages"] = list(shared_stages)
     (workdir / "summary.json").write_text(json.dumps(data, indent=2))
     text = summary_markdown(data)
     (workdir / "summary.md").write_text(text)
     plot_summary(data, workdir / "summary.png")
     print(text)
     return data
+
+
+def check_shared(config, shared_stages) -> None:
+    """Every shared stage is a stage of the config, and so is each stage it reads."""
+    stage_cfgs = {s.name: s for s in pipeline.validate(config).stages}
+    for name in shared_stages:
+        if name not in stage_cfgs:
+            raise KeyError(f"--shared_stages: {name!r} is not a stage ({sorted(stage_cfgs)})")
+        for ref in (stage_cfgs[name].init_from, stage_cfgs[name].teacher):
+            if ref in stage_cfgs and ref not in shared_stages:
+                raise ValueError(
+                    f"--shared_stages: {name!r} reads stage {ref!r}, which is not shared: each "
+                    f"seed's {name} would then differ; share {ref!r} too"
+                )
+
+
+def link_shared(first_dir: Path, seed_dir: Path, shared_stages) -> None:
+    """`seed_dir/<stage>` -> the first seed's stage directory, for every shared stage."""
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    for name in shared_stages:
+        link, target = seed_dir / name, Path("..") / first_dir.name / name
+        if link.is_symlink() and os.readlink(link) == str(target):
+            continue
+        if link.exists() or link.is_symlink():
+            raise FileExistsError(
+                f"--shared_stages: {link} exists and is not a link to {target}: this seed "
+                f"trained {name!r} itself; use another workdir or drop {name!r} from the list"
+            )
+        link.symlink_to(target, target_is_directory=True)
 
 
 def _metric(per_seed: dict, rows) -> str:
@@ -94,6 +134,9 @@ def summary_markdown(data: dict) -> str:
         ]
         lines.append(f"| {label} | {arm['stage']} | {pct(arm['mean'])} ± {pct(arm['se'])} | "
                      + " | ".join(each) + " |")  # fmt: skip
+    if data.get("shared_stages"):
+        lines += ["", f"Trained once, on seed {seeds[0]}, and shared by every seed: "
+                  + ", ".join(data["shared_stages"]) + "."]  # fmt: skip
     lines += ["", "## Paired differences across seeds (a - b)", ""]
     lines += ["| a | b | mean ± SE | seeds with a > b |", "|---|---|---|---|"]
     for p in data["pairs"]:
