@@ -17,7 +17,8 @@ Arms (`arm=`), all with the same machinery, each a choice of stages (`-` marks a
   sft_teacher_replay   as sft_teacher, Stage 3 replaying 1H (the replay control)    (Table 4)
   sft_teacher_full     the bridge from an SFT teacher on the full data             (Table 6)
 The report also shows the rows the paper reads from intermediate stages: the teacher after Stage 1
-and, for the half-split arms, the bridge before Stage 3 ("-Stage 3").
+and, for the half-split arms, the bridge before Stage 3 ("-Stage 3"). Every arm but `direct`
+evaluates its teacher before any RL (`teacher_base`, an eval stage) for condition C1.
 Model pairs (`pair=`): qwen3_8b (Qwen3-8B -> Qwen3-1.7B), qwen3_14b (Qwen3-14B -> Qwen3-1.7B), llama
 (Llama-3.3-70B-Instruct -> Llama-3.1-8B-Instruct), qwen3_1.7b_same (a Qwen3-1.7B teacher RL-trained
 for its Qwen3-1.7B student: Table 6's same-size rows with arm=full / no_fkl / no_opd), and
@@ -194,6 +195,9 @@ def _stages(arm):
         return s
     half = arm in STAGE3_DATA
     data = "train_1h" if half else "train"
+    # C1: the teacher before any RL (the given raw or SFT teacher, or Stage 1's start), evaluated
+    # inside every arm that distils from a teacher.
+    s.teacher_base = common.eval_stage("teacher", "base")
     teacher = "base"
     if arm not in GIVEN_TEACHER:
         s.teacher_grpo = _grpo("teacher", "base", data)
@@ -214,6 +218,8 @@ def _report_rows(arm, stages):
         rows.append((f"{arm} -Stage 3", stages.stage3.init_from))
     if "teacher_grpo" in stages:
         rows.append(("teacher after Stage 1", "teacher_grpo"))
+    if "teacher_base" in stages:
+        rows.append(("teacher before RL", "teacher_base"))
     return ",".join(f"{label}={stage}" for label, stage in rows)
 
 

@@ -82,13 +82,17 @@ def test_paper_arms_validate(arm, checkpoints):
     assert ("grpo" in kinds) == (arm not in ("raw", "sft_teacher_full"))
     assert ("forward_kl" in kinds) == (arm != "direct" and "no_fkl" not in arm)
     assert ("on_policy_kl" in kinds) == (arm != "direct" and "no_opd" not in arm)
-    caps = {s.kind: s.max_prompt_tokens for s in plan.stages}  # the paper's prompt lengths
-    assert caps == {k: c for k, c in PAPER_CAPS.items() if k in kinds}
+    caps = {s.kind: s.max_prompt_tokens for s in plan.stages if s.kind != "eval"}
+    assert caps == {k: c for k, c in PAPER_CAPS.items() if k in kinds}  # the paper's lengths
+    # C1: every arm with a teacher evaluates it before any RL (its checkpoint, "base").
+    evals = [(s.name, s.model, s.init_from) for s in plan.stages if s.kind == "eval"]
+    assert evals == ([] if arm == "direct" else [("teacher_base", "teacher", "base")])
     if arm in paper.STAGE3_DATA:
-        assert plan.stages[-1].name == "stage3"
-        assert plan.stages[-1].data == paper.STAGE3_DATA[arm]
+        last = [s for s in plan.stages if s.kind != "eval"][-1]
+        assert last.name == "stage3" and last.data == paper.STAGE3_DATA[arm]
     rows = dict(item.split("=")[::-1] for item in plan.report_rows.split(","))
     assert ("teacher_grpo" in rows) == (arm not in paper.GIVEN_TEACHER + ("direct",))
+    assert ("teacher_base" in rows) == (arm != "direct")
 
 
 def test_paper_transfer_stages_take_the_same_updates_per_epoch():
@@ -152,7 +156,7 @@ def test_a_model_vocabulary_smaller_than_the_tokenizer_fails_at_validation(check
 def test_paper_half_split_runs(checkpoints, tmp_path):
     """Stage 1 on 1H, bridge, Stage 3 on 2H: every stage kind on HF checkpoints + chat template."""
     summaries = pipeline.run(_paper("half", checkpoints, new_tokens=6), tmp_path)
-    assert list(summaries) == ["teacher_grpo", "fkl", "opd", "stage3"]
+    assert list(summaries) == ["teacher_base", "teacher_grpo", "fkl", "opd", "stage3"]
     assert "eval/math500/avg@2" in summaries["stage3"]
     assert (tmp_path / "export_hf" / "config.json").exists()
 
@@ -164,9 +168,9 @@ def test_paper_arms_run(arm, checkpoints, tmp_path):
     assert all("eval/math500/avg@2" in s for s in summaries.values())
 
 
-def assert_every_step_trained(workdir, summaries):
+def assert_every_step_trained(workdir, stage_cfgs):
     """Every training stage logged finite losses, no skipped step and a parameter change > 0."""
-    for stage in summaries:
+    for stage in (s.name for s in stage_cfgs if s.kind != "eval"):
         rows = metrics.read_metrics(workdir / stage)
         assert rows, stage
         for row in rows:
@@ -180,7 +184,7 @@ def run_tiny_arm(arm, workdir):
     plan = pipeline.validate(config)
     summaries = pipeline.run(config, workdir)
     assert list(summaries) == [s.name for s in plan.stages]
-    assert_every_step_trained(workdir, summaries)
+    assert_every_step_trained(workdir, plan.stages)
     final = summaries[config.export_hf]
     assert {"eval/math500/avg@2", "eval/aime24/avg@2", "eval/aime25/avg@2"} <= set(final)
     exported = json.loads((workdir / "export_hf" / "config.json").read_text())
@@ -191,11 +195,15 @@ def run_tiny_arm(arm, workdir):
 def test_paper_full_arm_runs_tiny_in_paper_dtypes(tmp_path):
     """`configs/paper.py:arm=full,pair=tiny`: the pod config's stage chain, losses and dtypes
     (float32 masters, bfloat16 compute) on random tiny Qwen3 checkpoints, teacher larger."""
-    run_tiny_arm("full", tmp_path)
+    summaries = run_tiny_arm("full", tmp_path)
     student = json.loads((tmp_path / "random_models" / "student" / "config.json").read_text())
     teacher = json.loads((tmp_path / "random_models" / "teacher" / "config.json").read_text())
     assert teacher["hidden_size"] > student["hidden_size"]
     assert "| opd | teacher_grpo |" in (tmp_path / "report.md").read_text()  # C2 at opd
+    fkl = summaries["fkl"]  # C1 on D: 4 graded teacher rollouts of every kept prompt
+    assert fkl["c1/teacher_rows"] == 4 * (fkl["data/pool_size"] - fkl["data/prompts_dropped"])
+    assert "eval/math500/avg@2" in summaries["teacher_base"]  # the teacher before Stage 1
+    assert "| fkl | train | teacher_grpo |" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.slow

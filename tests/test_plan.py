@@ -36,7 +36,7 @@ def test_the_toy_plan_lists_every_stage_and_writes_nothing(tmp_path):
 
 def test_the_tiny_paper_plan_reads_the_shipped_data(tmp_path):
     rows = _rows(plan.describe(paper.get_config("arm=full,pair=tiny"), tmp_path))
-    assert set(rows) == {"teacher_grpo", "fkl", "opd"}
+    assert set(rows) == {"teacher_base", "teacher_grpo", "fkl", "opd"}
     assert rows["teacher_grpo"][5].startswith("train (")
 
 

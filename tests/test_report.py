@@ -1,6 +1,10 @@
-"""Tests for s2d_jax.workflow.report: the grading table beside the results table."""
+"""Tests for s2d_jax.workflow.report: the grading, pool and C1 tables beside the results table."""
 
-from s2d_jax.workflow import report
+import json
+from pathlib import Path
+
+from configs import paper, toy_arith
+from s2d_jax.workflow import pipeline, report
 
 
 def _summary(split, truncated, timeouts, errors):
@@ -56,3 +60,57 @@ def test_report_counts_the_prompts_each_capped_pool_dropped(tmp_path):
     assert "| stage | pool | max prompt tokens | dropped | kept |" in text
     assert report.pool_table({"eval": {}}) == ""
     assert report.pool_table({"sft": uncapped}) == ""  # no cap anywhere: nothing to show
+
+
+def _write_metrics(stage_dir, rows):
+    stage_dir.mkdir(parents=True)
+    lines = [json.dumps({"step": step, **row}) for step, row in enumerate(rows, start=1)]
+    (stage_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _avg(value, se, split="test", k=4):
+    return {f"eval/{split}/avg@{k}": value, f"eval/{split}/avg@{k}_se": se}
+
+
+def test_the_c1_table_shows_each_bridges_teacher_and_its_accuracies(tmp_path):
+    """Per distillation stage: its teacher's test accuracy, the teacher's on D (2a), the student's
+    on D at 2b's first and last step (from metrics.jsonl), the student's test accuracy."""
+    stage_cfgs = pipeline.validate(toy_arith.get_config()).stages
+    summaries = {
+        "teacher_sft": _avg(0.5, 0.025),
+        "raw_fkl": {"c1/teacher_accuracy": 0.625, "c1/teacher_rows": 2048.0, **_avg(0.4, 0.02)},
+        "raw_opd": {"opd/accuracy": 0.7, **_avg(0.45, 0.021)},
+        "opd_no_fkl": {},  # its teacher, teacher_grpo, did not run: n/a, and no opd metrics
+    }
+    _write_metrics(tmp_path / "raw_opd", [{"opd/accuracy": a} for a in (0.25, 0.5, 0.75)])
+    lines = report.c1_table(tmp_path, stage_cfgs, summaries).splitlines()
+    assert lines[0] == (
+        "| stage | D (pool) | teacher | teacher test avg@4 | teacher on D (2a rollouts) "
+        "| student on D, first → last step (2b) | student test avg@4 |"
+    )
+    assert lines[2:] == [
+        "| raw_fkl | rl | teacher_sft | 50.0 ± 2.5 | 62.5% (2048 rollouts) | n/a | 40.0 ± 2.0 |",
+        "| raw_opd | rl | teacher_sft | 50.0 ± 2.5 | n/a | 25.0% → 75.0% | 45.0 ± 2.1 |",
+        "| opd_no_fkl | rl | teacher_grpo | n/a | n/a | n/a | n/a |",
+    ]
+    text = report.write_report(tmp_path, "", summaries, {}, stage_cfgs)
+    assert "(condition C1)" in text and lines[3] in text
+    assert report.c1_table(tmp_path, stage_cfgs, {"teacher_sft": {}}) == ""  # no bridge ran
+
+
+def test_a_teacher_given_as_base_reads_its_eval_stage():
+    """`configs/paper.py:arm=raw`: the bridge distils from the teacher's checkpoint ("base"),
+    whose accuracy the arm's `teacher_base` eval stage measures."""
+    stage_cfgs = pipeline.validate(paper.get_config("arm=raw,pair=tiny")).stages
+    summaries = {
+        "teacher_base": _avg(0.3, 0.05, "math500", 2),
+        "fkl": {
+            "c1/teacher_accuracy": 0.25,
+            "c1/teacher_rows": 16.0,
+            **_avg(0.1, 0.05, "math500", 2),
+        },
+    }
+    lines = report.c1_table(Path("/nonexistent"), stage_cfgs, summaries).splitlines()
+    assert lines[2:] == [
+        "| fkl | train | base | 30.0 ± 5.0 | 25.0% (16 rollouts) | n/a | 10.0 ± 5.0 |"
+    ]

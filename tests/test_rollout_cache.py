@@ -5,8 +5,10 @@ import io
 import numpy as np
 import pytest
 from conftest import shrink_config
+from test_c1 import ParityGrader
 
 from configs import toy_arith
+from s2d_jax.grading import rewards
 from s2d_jax.workflow import batches, metrics, pipeline, rollout_cache
 
 NUM_CHUNKS = 4
@@ -18,19 +20,20 @@ def fake_chunk(index: int):
     rows = 3 if index == NUM_CHUNKS - 1 else 5  # a short last chunk, as a pool's tail gives
     prompts = [rng.integers(0, 50_000, rng.integers(1, 9)) for _ in range(rows)]
     completions = [rng.integers(0, 50_000, rng.integers(0, 12)) for _ in range(rows)]
-    return prompts, completions
+    return prompts, completions, rng.integers(0, 2, rows).astype(np.float32)
 
 
 def all_rows(cache):
     prompts, completions = cache.rows(np.arange(cache.num_rows))
-    return [p.tolist() for p in prompts], [c.tolist() for c in completions]
+    grades = np.concatenate(cache.correct).tolist()
+    return [p.tolist() for p in prompts], [c.tolist() for c in completions], grades
 
 
 def test_rows_read_back_exactly_in_any_order(tmp_path):
     cache = rollout_cache.fill(tmp_path, NUM_CHUNKS, fake_chunk)
     expected = [fake_chunk(c) for c in range(NUM_CHUNKS)]
-    prompts = [p.tolist() for ps, _ in expected for p in ps]
-    completions = [c.tolist() for _, cs in expected for c in cs]
+    prompts = [p.tolist() for ps, _, _ in expected for p in ps]
+    completions = [c.tolist() for _, cs, _ in expected for c in cs]
     assert cache.num_rows == len(prompts) == 18
     idx_B = np.array([17, 0, 5, 5, 12, 4])  # across chunks, repeated, unordered
     got_prompts, got_completions = cache.rows(idx_B)
@@ -39,8 +42,37 @@ def test_rows_read_back_exactly_in_any_order(tmp_path):
     assert all(p.dtype == np.int32 for p in got_prompts)
     with np.load(rollout_cache.chunk_path(tmp_path, 0)) as chunk:  # the documented layout
         assert chunk["tokens"].dtype == np.int32 and chunk["offsets"].shape == (2 * 5 + 1,)
+        assert chunk["correct"].dtype == np.int8
+        np.testing.assert_array_equal(chunk["correct"], expected[0][2])
     with pytest.raises(IndexError):
         cache.rows([18])
+
+
+def test_the_cache_accuracy_is_its_rows_grades_read_without_tokens(tmp_path, monkeypatch):
+    cache = rollout_cache.fill(tmp_path, NUM_CHUNKS, fake_chunk)
+    grades = [g for c in range(NUM_CHUNKS) for g in fake_chunk(c)[2].tolist()]
+    assert 0 < sum(grades) < len(grades) == cache.num_rows  # not vacuous
+    assert all_rows(rollout_cache.open_cache(tmp_path, NUM_CHUNKS))[2] == grades
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("a file was read")
+
+    monkeypatch.setattr(rollout_cache, "open", no_reads, raising=False)
+    monkeypatch.setattr(np, "load", no_reads)
+    assert cache.correct_mean() == sum(grades) / len(grades)  # from the index alone
+
+
+def test_a_chunk_without_grades_is_named_and_bad_grades_are_refused(tmp_path):
+    prompts, completions, grades = fake_chunk(0)
+    with pytest.raises(ValueError, match="one grade"):
+        rollout_cache.write_chunk(tmp_path / "x.npz", prompts, completions, grades[:-1])
+    with pytest.raises(ValueError, match="one grade"):
+        rollout_cache.write_chunk(tmp_path / "x.npz", prompts, completions, grades + 0.5)
+    tokens_N, offsets_2R1 = rollout_cache.pack_rows(prompts, completions)
+    old = rollout_cache.chunk_path(tmp_path, 0)
+    np.savez(old, tokens=tokens_N, offsets=offsets_2R1)  # a chunk as written before grades
+    with pytest.raises(ValueError, match=r"chunk_00000\.npz: a chunk without grades.*remove"):
+        rollout_cache.open_cache(tmp_path, 1)
 
 
 def test_resume_after_a_kill_mid_generation_matches_an_uninterrupted_run(tmp_path):
@@ -79,7 +111,7 @@ def test_reading_a_batch_touches_only_its_chunks_and_rows(tmp_path, monkeypatch)
     monkeypatch.setattr(rollout_cache, "open", CountingFile, raising=False)
     idx_B = np.array([6, 8])  # rows 1 and 3 of chunk 1
     prompts, completions = cache.rows(idx_B)
-    expected_prompts, expected_completions = fake_chunk(1)
+    expected_prompts, expected_completions, _ = fake_chunk(1)
     assert [p.tolist() for p in prompts] == [expected_prompts[r].tolist() for r in (1, 3)]
     assert [c.tolist() for c in completions] == [expected_completions[r].tolist() for r in (1, 3)]
     row_bytes = 4 * sum(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
@@ -92,14 +124,16 @@ def _fkl_only(steps=2):
     config = shrink_config(toy_arith.get_config("stage3=false"), steps=steps, keep_stages=("fkl",))
     config.stages.fkl.update(init_from="base", teacher="base")
     config.eval.splits = ""
+    config.probe.data = ""  # every sampler call is one of the stage's chunks
     return config
 
 
 def test_a_stage_killed_while_making_rollouts_resumes_with_the_same_rollouts(tmp_path, monkeypatch):
     """The stage's sampler calls: 16 prompts x 2 rollouts in chunks of 4 prompts. A kill at the
-    third call, then a rerun: only the missing chunks are sampled, and the cache and the
-    stage's metrics equal an uninterrupted run's."""
+    third call, then a rerun: only the missing chunks are sampled, and the cache (its grades
+    too) and the stage's metrics equal an uninterrupted run's."""
     monkeypatch.setattr(rollout_cache, "CHUNK_ROWS", 8)
+    monkeypatch.setattr(rewards, "Grader", ParityGrader)  # mixed grades
     pipeline.run(_fkl_only(), tmp_path / "straight")
     calls = []
     sample = batches.sample
@@ -125,7 +159,7 @@ def test_a_stage_killed_while_making_rollouts_resumes_with_the_same_rollouts(tmp
         for run in ("straight", "killed")
     ]
     assert all_rows(caches[0]) == all_rows(caches[1])
-    assert caches[0].num_rows == 32
+    assert caches[0].num_rows == 32 and 0 < caches[0].correct_mean() < 1
 
     def rows(run):
         return [

@@ -160,6 +160,7 @@ def run_stage(ctx: RunContext, stage: StageConfig, stage_dir: Path) -> dict:
     )
     state = _train(ctx, stage, stage_dir, cfg, state, make_batch, update, total)
     summary = stage_loop.stage_summary(stage_dir)
+    summary.update(kind.diagnostics(ctx, stage) if kind.diagnostics else {})
     summary.update(evaluation.evaluate_policy(ctx, cfg, state.params, stage_dir, "final"))
     summary.update(pools.stage_pool(ctx, stage).metrics())
     summary.update(budget.stage_budget(stage_dir, cfg, teacher.cfg if teacher else None))

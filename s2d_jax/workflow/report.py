@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from s2d_jax.workflow import budget, metrics
+from s2d_jax.workflow import budget, metrics, stages
 
 CURVES = (
     ("grpo/reward", "reward"),
@@ -40,6 +40,13 @@ def _eval_columns(summaries: dict) -> list[tuple[str, str]]:
     return seen
 
 
+def _avg_cell(summary: dict, split: str, k: str) -> str:
+    key = f"eval/{split}/avg@{k}"
+    if key not in summary:
+        return "n/a"
+    return f"{100 * summary[key]:.1f} ± {100 * summary[key + '_se']:.1f}"
+
+
 def results_table(rows, summaries: dict, labeled: dict[str, int]) -> str:
     """Markdown: one row per arm, avg@k ± SE per eval split, and the labeled examples it consumed."""
     columns = _eval_columns({stage: summaries.get(stage, {}) for _, stage in rows})
@@ -48,12 +55,7 @@ def results_table(rows, summaries: dict, labeled: dict[str, int]) -> str:
     for label, stage in rows:
         summary = summaries.get(stage, {})
         cells = [label, stage]
-        for split, k in columns:
-            key = f"eval/{split}/avg@{k}"
-            if key in summary:
-                cells.append(f"{100 * summary[key]:.1f} ± {100 * summary[key + '_se']:.1f}")
-            else:
-                cells.append("n/a")
+        cells += [_avg_cell(summary, split, k) for split, k in columns]
         cells.append(str(labeled.get(stage, 0)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -106,6 +108,48 @@ def c2_table(c2: dict[str, dict]) -> str:
     for stage, row in c2.items():
         cells = [stage, row["teacher"]]
         cells += [f"{row[f'c2/{k}_start']:.3f} → {row[f'c2/{k}_end']:.3f}" for k, _ in C2_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _teacher_summary(stage, stage_cfgs, summaries: dict) -> dict:
+    """The summary of the model `stage` distils from: that of the stage its `teacher` names, or
+    of an eval stage of the teacher role at that reference ("base", a Hugging Face directory)."""
+    if stage.teacher in summaries:
+        return summaries[stage.teacher]
+    evals = [s.name for s in stage_cfgs if not stages.KINDS[s.kind].trains
+             and s.model == "teacher" and s.init_from == stage.teacher]  # fmt: skip
+    return summaries.get(evals[0], {}) if evals else {}
+
+
+def _opd_accuracy(stage_dir: Path) -> str:
+    """`opd/accuracy` at the stage's first and last logged step."""
+    values = [r["opd/accuracy"] for r in metrics.read_metrics(stage_dir) if "opd/accuracy" in r]
+    return f"{100 * values[0]:.1f}% → {100 * values[-1]:.1f}%" if values else "n/a"
+
+
+def c1_table(workdir: Path, stage_cfgs, summaries: dict) -> str:
+    """Condition C1 per distillation stage: the teacher it distils from and its test accuracy, the
+    teacher's accuracy on the stage's pool D (2a: its graded rollouts), the student's on D during
+    2b (`opd/accuracy`, first and last step), and the student's test accuracy at the end."""
+    distil = [s for s in stage_cfgs if stages.KINDS[s.kind].uses_teacher and s.name in summaries]
+    if not distil:
+        return ""
+    columns = _eval_columns(summaries)
+    header = ["stage", "D (pool)", "teacher", *[f"teacher {sp} avg@{k}" for sp, k in columns],
+              "teacher on D (2a rollouts)", "student on D, first → last step (2b)",
+              *[f"student {sp} avg@{k}" for sp, k in columns]]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for stage in distil:
+        summary, teacher = summaries[stage.name], _teacher_summary(stage, stage_cfgs, summaries)
+        on_d = "n/a"
+        if "c1/teacher_accuracy" in summary:
+            acc, rows = summary["c1/teacher_accuracy"], summary["c1/teacher_rows"]
+            on_d = f"{100 * acc:.1f}% ({rows:.0f} rollouts)"
+        cells = [stage.name, stage.data, stage.teacher]
+        cells += [_avg_cell(teacher, split, k) for split, k in columns]
+        cells += [on_d, _opd_accuracy(Path(workdir) / stage.name)]
+        cells += [_avg_cell(summary, split, k) for split, k in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -178,6 +222,10 @@ def write_report(
     if stage_cfgs:
         parts += ["", "## Budget of each arm (its stage and every stage it reads)", ""]
         parts += [budget.budget_table(rows, stage_cfgs, summaries, labeled)]
+        c1 = c1_table(workdir, stage_cfgs, summaries)
+        if c1:
+            parts += ["", "## The teacher on the labeled pool D and on test (condition C1)", ""]
+            parts += [c1]
     grading = grading_table(rows, summaries)
     if grading:
         parts += [

@@ -4,11 +4,15 @@ sft           supervised warm-start on worked solutions (the toy's stand-in for 
 grpo          Stage 1 (teacher) / Stage 3 and the direct baseline (student): sample G per prompt,
               grade with the verifier, group advantages, clipped surrogate + k3 KL to the start
 forward_kl    Stage 2a: teacher rollouts generated once (chunked in the stage directory,
-              rollout_cache.py), the student learns KL(teacher || student) on them, teacher
-              logits recomputed per step
-on_policy_kl  Stage 2b: student rollouts, the frozen teacher scores every token, reverse KL
+              rollout_cache.py) and graded as they are made, the student learns
+              KL(teacher || student) on them, teacher logits recomputed per step
+on_policy_kl  Stage 2b: student rollouts, the frozen teacher scores every token, reverse KL; the
+              rollouts are graded each step (`opd/accuracy`)
 eval          no training: evaluate `init_from` on the eval splits
 Every training kind draws from its stage's pool less the prompts over its cap (pools.py).
+The distillation kinds grade their rollouts against the pool's answers for condition C1 (the
+teacher's accuracy on D, `c1/teacher_accuracy`; the student's, `opd/accuracy`) and never train on
+them: the answers are read for a diagnostic, not spent, so they count no labeled examples.
 """
 
 from __future__ import annotations
@@ -80,6 +84,16 @@ def grade_own_rows(grader, texts: list[str], references: list[str], answer_style
     return rewards_B, stats
 
 
+def grade_rollout(ctx: RunContext, rollout, examples, num_samples: int, answer_style: str):
+    """A rollout of `examples` (`num_samples` rows each, prompt-major as the sampler returns them)
+    graded against their answers (`grade_own_rows`: over processes), a truncated row scoring 0.
+    Returns (the decoded completions [B], correct_B float32 in {0, 1}, the grader's stats)."""
+    texts = batches.completion_texts(rollout, ctx.task.tokenizer)
+    references = [ex["answer"] for ex in examples for _ in range(num_samples)]
+    rewards_B, stats = grade_own_rows(ctx.grader, texts, references, answer_style)
+    return texts, rewards.zero_truncated(rewards_B, np.asarray(rollout.truncated)), stats
+
+
 # ----------------------------------------------------------------------------- per-kind batch makers
 
 
@@ -106,18 +120,14 @@ def grpo_batches(ctx: RunContext, stage: StageConfig, policy: Policy, teacher, s
     answer_style = ctx.task.answer_style(stage.data)
 
     def make_batch(params, step):
-        idx = batch_indices(ctx, stage, len(pool), step)
-        prompts = [ctx.task.prompt_ids(pool[i]) for i in idx]
+        examples = [pool[i] for i in batch_indices(ctx, stage, len(pool), step)]
+        prompts = [ctx.task.prompt_ids(ex) for ex in examples]
         rollout, stats = batches.sample(ctx, cfg, params, prompts, sampling, seed + step + 1, G)
-        texts = batches.completion_texts(rollout, ctx.task.tokenizer)
-        references = [pool[i]["answer"] for i in idx for _ in range(G)]
-        rewards_B, reward_stats = grade_own_rows(ctx.grader, texts, references, answer_style)
-        truncated_B = np.asarray(rollout.truncated)
-        correct_B = rewards.zero_truncated(rewards_B, truncated_B)
+        texts, correct_B, reward_stats = grade_rollout(ctx, rollout, examples, G, answer_style)
         answered_B = np.array(
             [rewards.extract_answer(t, answer_style=answer_style) is not None for t in texts]
         )
-        answered_B &= ~truncated_B
+        answered_B &= ~np.asarray(rollout.truncated)
         rewards_B = np.maximum(correct_B, stage.grpo.format_reward * answered_B)
         batch = batches.rollout_batch(rollout)
         batch["advantages"] = np.asarray(
@@ -142,24 +152,36 @@ def grpo_batches(ctx: RunContext, stage: StageConfig, policy: Policy, teacher, s
     return make_batch, num_steps(stage, len(pool))
 
 
+TEACHER_ROLLOUTS = "teacher_rollouts"  # the cache's directory inside the stage's
+
+
+def _rollout_chunks(ctx: RunContext, stage: StageConfig) -> tuple[int, int]:
+    """(prompts per chunk, chunks) of a forward-KL stage's teacher rollout cache."""
+    per_call = max(1, rollout_cache.CHUNK_ROWS // stage.samples_per_prompt)
+    return per_call, -(-len(pools.stage_pool(ctx, stage).examples) // per_call)
+
+
 def _teacher_rollouts(ctx: RunContext, stage: StageConfig, teacher: Policy, stage_dir: Path):
     """K teacher rollouts per prompt of the pool, made once into the stage directory, one chunk
-    per sampler call as they are made; a resumed stage makes only the chunks not yet written."""
+    per sampler call as they are made, each graded against its prompt's answer (condition C1);
+    a resumed stage makes only the chunks not yet written."""
     pool = pools.stage_pool(ctx, stage).examples
     seed = _seed(ctx, stage, 1)
     K = stage.samples_per_prompt
-    per_call = max(1, rollout_cache.CHUNK_ROWS // K)  # prompts per chunk
+    per_call, num_chunks = _rollout_chunks(ctx, stage)
+    answer_style = ctx.task.answer_style(stage.data)
 
     def make_chunk(index: int):
         start = index * per_call  # the seed depends on the chunk alone: resumed chunks match
-        prompts = [ctx.task.prompt_ids(ex) for ex in pool[start : start + per_call]]
+        examples = pool[start : start + per_call]
+        prompts = [ctx.task.prompt_ids(ex) for ex in examples]
         rollout, _ = batches.sample(
             ctx, teacher.cfg, teacher.params, prompts, stage.sampling, seed + start, K
         )
-        return batches.rollout_rows(rollout)
+        _, correct_R, _ = grade_rollout(ctx, rollout, examples, K, answer_style)
+        return (*batches.rollout_rows(rollout), correct_R)
 
-    num_chunks = -(-len(pool) // per_call)
-    return rollout_cache.fill(stage_dir / "teacher_rollouts", num_chunks, make_chunk)
+    return rollout_cache.fill(stage_dir / TEACHER_ROLLOUTS, num_chunks, make_chunk)
 
 
 def forward_kl_batches(
@@ -181,19 +203,36 @@ def on_policy_kl_batches(
     pool = pools.stage_pool(ctx, stage).examples
     seed = _seed(ctx, stage, 0)
     cfg = policy.cfg
+    G = stage.samples_per_prompt
+    answer_style = ctx.task.answer_style(stage.data)
 
     def make_batch(params, step):
-        idx = batch_indices(ctx, stage, len(pool), step)
-        prompts = [ctx.task.prompt_ids(pool[i]) for i in idx]
+        examples = [pool[i] for i in batch_indices(ctx, stage, len(pool), step)]
+        prompts = [ctx.task.prompt_ids(ex) for ex in examples]
         rollout, stats = batches.sample(
-            ctx, cfg, params, prompts, stage.sampling, seed + step + 1, stage.samples_per_prompt
+            ctx, cfg, params, prompts, stage.sampling, seed + step + 1, G
         )
+        # `opd/accuracy` as the authors' code logs it (condition C1 on the student's side). The
+        # answers are read for this diagnostic only, never trained on: no labels are spent.
+        _, correct_B, reward_stats = grade_rollout(ctx, rollout, examples, G, answer_style)
         batch = batches.rollout_batch(rollout)
         if stage.sampling.temperature != 1.0:
             batch["old_logprobs"] = batches.score(ctx, cfg, params, batch, stage.chunk_size)
-        return batch, stats
+        return batch, {**stats, **reward_stats, "opd/accuracy": float(correct_B.mean())}
 
     return make_batch, num_steps(stage, len(pool))
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+
+def c1_teacher_accuracy(ctx: RunContext, stage: StageConfig) -> dict[str, float]:
+    """Condition C1 on D: the share of the stage's teacher rollouts graded right (truncated 0),
+    over the whole cache, from its grades alone (no token is read)."""
+    cache = rollout_cache.open_cache(
+        ctx.workdir / stage.name / TEACHER_ROLLOUTS, _rollout_chunks(ctx, stage)[1]
+    )
+    return {"c1/teacher_accuracy": cache.correct_mean(), "c1/teacher_rows": float(cache.num_rows)}
 
 
 # ----------------------------------------------------------------------------- the kinds
@@ -204,17 +243,20 @@ class StageKind:
     """Everything the driver needs to know about one kind of stage.
 
     make_batches(ctx, stage, policy, teacher, stage_dir) -> (make_batch(params, step) -> (batch,
-    metrics), number of steps). Condition C2 is measured for every kind alike, after the run
-    (probe.py).
+    metrics), number of steps); diagnostics(ctx, stage) -> metrics of the finished stage, in its
+    summary. Condition C2 is measured for every kind alike, after the run (probe.py).
     """
 
     trains: bool  # False: evaluate `init_from` and stop
     uses_teacher: bool  # the frozen teacher is loaded (`teacher` reference)
-    uses_labels: bool  # the verifier grades against the pool's answers (labeled examples spent)
+    # the verifier's reward on the pool's answers trains it (labeled examples spent); a kind that
+    # grades only for a diagnostic (forward_kl, on_policy_kl: C1) spends none
+    uses_labels: bool
     objectives: tuple[str, ...]  # the `loss` values it takes; "" means the first
     # what is sampled: "none", "policy" (every update) or "teacher_once" (the pool, cached)
     rollouts: str
     make_batches: Callable | None
+    diagnostics: Callable | None = None
 
     def objective(self, stage: StageConfig) -> str:
         return stage.loss or self.objectives[0]
@@ -224,7 +266,13 @@ KINDS = {
     "sft": StageKind(True, False, False, ("sft",), "none", sft_batches),
     "grpo": StageKind(True, False, True, ("grpo",), "policy", grpo_batches),
     "forward_kl": StageKind(
-        True, True, False, ("forward_kl", "forward_kl_hard"), "teacher_once", forward_kl_batches
+        True,
+        True,
+        False,
+        ("forward_kl", "forward_kl_hard"),
+        "teacher_once",
+        forward_kl_batches,
+        c1_teacher_accuracy,
     ),
     "on_policy_kl": StageKind(
         True, True, False, ("reverse_kl", "sampled_reverse_kl"), "policy", on_policy_kl_batches
