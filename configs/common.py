@@ -134,12 +134,14 @@ def optim(lr=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.1, grad_c
     )
 
 
+# Tokens per chunk of the full-vocabulary terms (training, scoring, C2): memory ~ chunk x vocabulary.
+CHUNK_SIZE = 512
 # The rollout engine of every sampler call (stages and evaluation). kv_budget_gib is the KV cache
 # per data shard the continuous engine's slot pool is sized from; 0 takes the device's default
 # (0.4 of an accelerator's memory, 2 GiB on a CPU: `rollout/engine.default_kv_budget_bytes`).
-# Tokens per chunk of the full-vocabulary terms (training, scoring, C2): memory ~ chunk x vocabulary.
-CHUNK_SIZE = 512
-ROLLOUT_ENGINE = dict(engine="continuous", kv_budget_gib=0.0)
+# decode_attention "pallas_gpu" reads each row's own filled length on a GPU
+# (s2d_jax/model/decode_kernels.py); "reference", the pure-JAX path, runs everywhere.
+ROLLOUT_ENGINE = dict(engine="continuous", kv_budget_gib=0.0, decode_attention="reference")
 
 
 def sampling(max_new_tokens, temperature=1.0, top_p=1.0, top_k=0):

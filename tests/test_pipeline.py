@@ -319,7 +319,10 @@ def _sample_with(sampling_overrides):
     cfg = decoder.ModelConfig.preset("toy_student", vocab_size=32)
     params = decoder.init_params(cfg, jax.random.key(0))
     fields = dict(max_new_tokens=12, temperature=0.0, top_p=1.0, top_k=0)
-    fields.update(dict(engine="continuous", kv_budget_gib=0.0), **sampling_overrides)
+    fields.update(
+        dict(engine="continuous", kv_budget_gib=0.0, decode_attention="reference"),
+        **sampling_overrides,
+    )
     sampling = config.SamplingConfig(**fields)
     tokenizer = types.SimpleNamespace(eos_ids=(3,), pad_id=0)
     ctx = types.SimpleNamespace(task=types.SimpleNamespace(tokenizer=tokenizer), mesh=None)

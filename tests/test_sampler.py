@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 from test_hf_io import make_hf_model  # noqa: E402
 
 from s2d_jax.distributed import sharding as sh  # noqa: E402
-from s2d_jax.model import cached_forward, decoder, hf_io  # noqa: E402
+from s2d_jax.model import cached_forward, decode_kernels, decoder, hf_io  # noqa: E402
 from s2d_jax.rollout import engine, phases, sampler, slots, token_selection  # noqa: E402
 
 FAMILIES = {
@@ -415,10 +415,10 @@ def test_decode_window_traced_once_per_shape_bucket(family_model, monkeypatch):
         pytest.skip("one family suffices")
     traced = []
 
-    def counted_forward_cached(cfg, params, tokens, positions, cache, slot, kv_mask, read=None):
-        traced.append((tokens.shape, read))  # [U, P - 1] in a prefill, [B, 1] in a window
+    def counted_forward_cached(cfg, params, tokens, positions, cache, slot, kv_mask, *rest):
+        traced.append((tokens.shape, rest[0]))  # [U, P - 1] in a prefill, [B, 1] in a window
         return cached_forward.forward_cached(
-            cfg, params, tokens, positions, cache, slot, kv_mask, read
+            cfg, params, tokens, positions, cache, slot, kv_mask, *rest
         )
 
     monkeypatch.setattr(slots, "forward_cached", counted_forward_cached)
@@ -434,6 +434,49 @@ def test_decode_window_traced_once_per_shape_bucket(family_model, monkeypatch):
     second = _random_prompts([5, 4], cfg.vocab_size, seed=16)  # reads 24 slots too
     sampler.generate(cfg, params, second, kv_budget_bytes=budget, seed=1, **kw)
     assert traced == [((1, 15), 16), ((4, 1), 24)]
+
+
+def test_decode_kernel_reads_each_rows_length_as_the_reference_masks_it():
+    """model/decode_kernels.py (Pallas' GPU decode attention, interpreted here) against
+    `cached_attention`'s pure-JAX path on the same cache: rows of many lengths, one empty."""
+    rng = np.random.default_rng(3)
+    B, K, G, S, D = 5, 2, 3, 256, 16
+    q_BTHD = jnp.asarray(rng.normal(size=(B, 1, K * G, D)), jnp.float32)
+    k_BKSD, v_BKSD = (jnp.asarray(rng.normal(size=(B, K, S, D)), jnp.float32) for _ in "kv")
+    length_B = jnp.array([1, 17, 256, 100, 0])
+    visible_B1S = (jnp.arange(S)[None, :] < length_B[:, None])[:, None, :]
+    want = cached_forward.cached_attention(q_BTHD, k_BKSD, v_BKSD, visible_B1S, S)
+    got = cached_forward.cached_attention(
+        q_BTHD, k_BKSD, v_BKSD, visible_B1S, S, length_B, "pallas_interpret"
+    )
+    np.testing.assert_allclose(got[:4], want[:4], atol=2e-6, rtol=1e-5)
+    np.testing.assert_array_equal(got[4], 0.0)  # nothing to attend to: 0, not NaN
+    assert decode_kernels.kernel_blocks(256) == (16, 16)
+    assert decode_kernels.kernel_blocks(18432) == (16, 128)  # 2k prompt + 16k response slots
+    with pytest.raises(ValueError, match="multiple of 16 cache slots"):
+        decode_kernels.kernel_blocks(40)
+
+
+def test_the_engine_with_the_decode_kernel_samples_the_reference_rows(family_model):
+    """The continuous engine with the interpreted kernel: the same rows as the pure-JAX path."""
+    _, cfg, params = family_model
+    if cfg.family != "qwen3":
+        pytest.skip("one family suffices")
+    prompts = _random_prompts([5, 11, 3], cfg.vocab_size, seed=21)
+    kw = dict(SAMPLED, eos_id=(5, 17, 33), seed=4, num_samples=2, max_new_tokens=12)
+    budget = _pool_budget(cfg, 4, prompts, 12)
+    want = sampler.generate(cfg, params, prompts, kv_budget_bytes=budget, **kw)
+    got = sampler.generate(
+        cfg, params, prompts, decode_attention="pallas_interpret", **kw,
+        kv_budget_bytes=sampler.cache_bytes(
+            cfg, 4, engine.cache_length(prompts, 12, "pallas_interpret")
+        ),
+    )  # fmt: skip
+    for name in ("tokens", "completion_mask", "lengths", "truncated"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), name)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="continuous engine only"):
+        sampler.generate(cfg, params, prompts, engine="static", decode_attention="pallas_gpu", **kw)
 
 
 def test_pool_size_follows_the_budget_not_the_rows():

@@ -19,7 +19,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from s2d_jax.model import decoder
+from s2d_jax.model import decode_kernels, decoder
 
 # Logical axes of a cache leaf [B, K, S, Dh] (see distributed/sharding.py's rules tables).
 CACHE_LEAF_AXES = ("act_batch", "act_kv_heads", "act_len", "head_dim")
@@ -92,27 +92,37 @@ def _write_slots(kv_BKSD, new_BTKD, slot):
     return jax.vmap(write_row)(kv_BKSD, new_BKTD, slot)
 
 
-def cached_attention(q_BTHD, k_BKSD, v_BKSD, visible_BTS, read_length: int):
+def cached_attention(
+    q_BTHD, k_BKSD, v_BKSD, visible_BTS, read_length: int, length_B=None, kernel="reference"
+):
     """Attention of the queries over the first `read_length` cache slots: the one place the
-    cached path picks its attention, so an accelerator kernel (a decode attention reading each
-    row's own filled length, a paged layout) replaces this function and nothing else. This is
-    the pure-JAX reference: the slots past read_length are never read, those before it are
-    read whether filled or not (visible_BTS masks them)."""
+    cached path picks its attention. "reference" is the pure-JAX path: the slots past
+    read_length are never read, those before it are read whether filled or not (visible_BTS
+    masks them). A kernel of `decode_kernels` reads each row's slots 0..length_B-1 only (one
+    query per row, every row's prompt written from slot 0)."""
+    if kernel != "reference":
+        k_BKSD, v_BKSD = (x[:, :, :read_length] for x in (k_BKSD, v_BKSD))
+        return decode_kernels.decode_attention(q_BTHD, k_BKSD, v_BKSD, length_B, kernel)
     dt = q_BTHD.dtype
     k_BKSD, v_BKSD = (x[:, :, :read_length].astype(dt) for x in (k_BKSD, v_BKSD))
     visible_BTS = visible_BTS[:, :, :read_length]
     return decoder.attention(q_BTHD, k_BKSD, v_BKSD, visible_BTS, kv_axes="bksd")
 
 
-def _block(cfg, x_BTD, p, positions_BT, inv_freq, kv_BKSD, slot, visible_BTS, read_length):
+def _block(cfg, x_BTD, p, positions_BT, inv_freq, kv_BKSD, slot, visible_BTS, read_length,
+           kernel):  # fmt: skip
     """One decoder block writing its K/V at `slot` of its cache `kv_BKSD` ({"k", "v"}), then
-    attending over the first `read_length` slots of it."""
+    attending over the first `read_length` slots of it (`cached_attention` with `kernel`)."""
     q_BTHD, k_BTKD, v_BTKD = decoder.attention_inputs(cfg, x_BTD, p, positions_BT, inv_freq)
     kv_BKSD = {
         name: _write_slots(kv_BKSD[name], new_BTKD, slot)
         for name, new_BTKD in (("k", k_BTKD), ("v", v_BTKD))
     }
-    attn_BTHD = cached_attention(q_BTHD, kv_BKSD["k"], kv_BKSD["v"], visible_BTS, read_length)
+    T = x_BTD.shape[1]
+    length_B = slot + T  # a row's filled slots once this call's are written (slot [B])
+    attn_BTHD = cached_attention(
+        q_BTHD, kv_BKSD["k"], kv_BKSD["v"], visible_BTS, read_length, length_B, kernel
+    )
     return decoder.attention_output_and_mlp(cfg, x_BTD, attn_BTHD, p), kv_BKSD
 
 
@@ -125,6 +135,7 @@ def forward_cached(
     slot,
     kv_mask,
     read_length: int | None = None,
+    decode_attention: str = "reference",
 ):
     """Final-normed hidden [B, T, D] of tokens [B, T] written at cache slots slot..slot+T-1.
 
@@ -134,7 +145,9 @@ def forward_cached(
     query at slot s sees slots <= s; kv_mask [B, S] also marks the real slots (this call's
     included), or None when every slot <= s is real (prompts written from slot 0, no padding).
     `read_length` (static, >= the largest slot + T) limits the attention to the first
-    read_length slots (`cached_attention`); None reads all S. Returns (hidden, new cache). The
+    read_length slots (`cached_attention`); None reads all S. `decode_attention` names its
+    kernel (`decode_kernels.DECODE_ATTENTION`): a kernel takes one token per row, slot [B] and
+    no kv_mask (every row's prompt from slot 0). Returns (hidden, new cache). The
     layers are unrolled (compile time grows with L) so each updates its own buffer in place.
 
     Choosing the read length per step inside a compiled loop with `lax.switch` was tried and
@@ -144,6 +157,11 @@ def forward_cached(
     """
     tokens_BT, positions_BT = tokens, positions
     (B, T), S = tokens_BT.shape, cache[0]["k"].shape[2]
+    if decode_attention != "reference" and (T != 1 or kv_mask is not None or jnp.ndim(slot) != 1):
+        raise ValueError(
+            f"decode_attention={decode_attention!r} takes one token per row at slot [B] with no "
+            f"kv_mask (prompts from slot 0); got T={T}, kv_mask={kv_mask is not None}"
+        )
     read_length = S if read_length is None else read_length
     first_B = jnp.broadcast_to(jnp.asarray(slot, jnp.int32), (B,))
     query_slot_BT = first_B[:, None] + jnp.arange(T)[None, :]
@@ -155,8 +173,9 @@ def forward_cached(
     new_cache = []
     for p, kv_BKSD in zip(params.layers, cache, strict=True):
         x_BTD, kv_BKSD = _block(
-            cfg, x_BTD, p, positions_BT, inv_freq, kv_BKSD, slot, visible_BTS, read_length
-        )
+            cfg, x_BTD, p, positions_BT, inv_freq, kv_BKSD, slot, visible_BTS, read_length,
+            decode_attention,
+        )  # fmt: skip
         new_cache.append(kv_BKSD)
     return decoder.rms_norm(x_BTD, params.rest["final_norm"], cfg.norm_eps), tuple(new_cache)
 

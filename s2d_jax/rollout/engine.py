@@ -48,6 +48,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from s2d_jax.model.decode_kernels import KERNEL_SLOT_MULTIPLE
 from s2d_jax.rollout import slots
 from s2d_jax.rollout.inputs import axes, bucket, cache_bytes, data_shards
 from s2d_jax.rollout.phases import Settings
@@ -76,10 +77,14 @@ def rows_bucket(n: int, shards: int) -> int:
     return shards * _pow2_at_least(-(-n // shards))
 
 
-def cache_length(prompts, max_new_tokens: int) -> int:
+def cache_length(prompts, max_new_tokens: int, decode_attention: str = "reference") -> int:
     """Cache slots per pool row: the longest prompt and max_new_tokens, each rounded up to a
-    `bucket` (the static engine's row), so a training run's calls share a few lengths."""
-    return bucket(max(len(p) for p in prompts)) + bucket(max_new_tokens)
+    `bucket` (the static engine's row), so a training run's calls share a few lengths; with a
+    decode kernel, rounded up to a multiple of the slots its blocks divide."""
+    length = bucket(max(len(p) for p in prompts)) + bucket(max_new_tokens)
+    if decode_attention == "reference":
+        return length
+    return -(-length // KERNEL_SLOT_MULTIPLE) * KERNEL_SLOT_MULTIPLE
 
 
 def default_kv_budget_bytes(mesh=None) -> int:
@@ -116,8 +121,9 @@ class _Scheduler:
     mirrors of the pool's counters), and the tokens sampled so far [R, N]."""
 
     def __init__(self, cfg, params, prompts, settings, *, num_samples, max_new_tokens, slots_B,
-                 length, shards, mesh, data_axis, window_steps):  # fmt: skip
+                 length, shards, mesh, data_axis, window_steps, decode_attention):  # fmt: skip
         self.cfg, self.params, self.prompts, self.settings = cfg, params, prompts, settings
+        self.kernel = decode_attention
         self.G, self.N, self.length, self.W = num_samples, max_new_tokens, length, window_steps
         self.width = bucket(max(len(p) for p in prompts))
         self.split = dict(mesh=mesh, data_axis=axes(data_axis))
@@ -200,13 +206,16 @@ class _Scheduler:
         return slots.compact(pool, keep_HC, **self.split)
 
     def window(self, pool):
-        """One decode window over the slots, reading up to the longest row at its end."""
+        """One decode window over the slots, reading up to the longest row at its end (a kernel:
+        each row up to its own length, out of the whole cache, with one compile)."""
         live = self.row_B >= 0
         longest = int((self.prompt_len_B + self.index_B)[live].max()) + self.W - 1
         read_length = min(self.length, bucket(longest))
+        if self.kernel != "reference":
+            read_length = self.length
         pool, tokens_BW, logprobs_BW = slots.window_jit(
             pool.replace(settings=self.settings), self.params, cfg=self.cfg,
-            read_length=read_length, steps=self.W,
+            read_length=read_length, steps=self.W, kernel=self.kernel,
         )  # fmt: skip
         index_B, done_B = _to_host(pool.index_B), _to_host(pool.done_B)
         self._collect(_to_host(tokens_BW), _to_host(logprobs_BW), index_B, done_B)
@@ -243,17 +252,18 @@ class _Scheduler:
 
 def run(cfg, params, prompts, settings: Settings, *, max_new_tokens: int, seed: int,
         num_samples: int, mesh, data_axis, kv_budget_bytes: int,
-        window_steps: int = WINDOW_STEPS) -> dict[str, np.ndarray]:  # fmt: skip
+        window_steps: int = WINDOW_STEPS,
+        decode_attention: str = "reference") -> dict[str, np.ndarray]:  # fmt: skip
     """Sample every (prompt, sample) request through the slot pool (arguments as
     `sampler.generate`, inputs already checked, `params` per layer); the Rollout's fields as
     host arrays, rows prompt-major."""
     shards = data_shards(mesh, data_axis)
-    length = cache_length(prompts, max_new_tokens)
+    length = cache_length(prompts, max_new_tokens, decode_attention)
     slots_B = pool_slots(cfg, len(prompts) * num_samples, length, kv_budget_bytes, shards)
     schedule = _Scheduler(
         cfg, params, prompts, settings, num_samples=num_samples, max_new_tokens=max_new_tokens,
         slots_B=slots_B, length=length, shards=shards, mesh=mesh, data_axis=data_axis,
-        window_steps=window_steps,
+        window_steps=window_steps, decode_attention=decode_attention,
     )  # fmt: skip
     pool = slots.new_pool_jit(
         np.uint32(seed), max_new_tokens, cfg=cfg, slots=slots_B, length=length,

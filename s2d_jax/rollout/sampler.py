@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec as Spec
 
 from s2d_jax.model import decoder
 from s2d_jax.model.cached_forward import PerLayerParams, unstack_layers
+from s2d_jax.model.decode_kernels import DECODE_ATTENTION
 from s2d_jax.rollout import engine as continuous
 from s2d_jax.rollout.inputs import (  # noqa: F401  (bucket, cache_bytes, padded_rows: public here)
     MIN_BUCKET,
@@ -192,6 +193,7 @@ def generate(
     engine: str = "continuous",
     kv_budget_bytes: int | None = None,
     window_steps: int = continuous.WINDOW_STEPS,
+    decode_attention: str = "reference",
 ) -> Rollout:
     """Sample up to max_new_tokens tokens after each prompt (a list of token-id lists).
 
@@ -205,22 +207,20 @@ def generate(
     or a tuple of them, e.g. ("data", "fsdp")), a multiple of the product of their sizes.
 
     engine: "continuous" (engine.py) or "static" (one batch): the same rows, up to rounding.
-    kv_budget_bytes (continuous): KV cache bytes per data shard. The pool holds the largest
-      power of two of rows that fits, at most the call's rows, so more rows never need more
-      memory. None: 0.4 of an accelerator's memory, 2 GiB on a CPU (e.g. 512 rows of bench_30m
-      at 320 cache slots); `engine.default_kv_budget_bytes` says why.
-    window_steps (continuous): decode steps per fused window, between which slots are refilled.
-    `params`: the stacked training params, copied for the call into per-layer buffers in the
-    compute dtype (`sampling_weights` says why), or `PerLayerParams` made beforehand
-    (`placement.sampling_params`), used as they are. Every argument is checked first.
+    kv_budget_bytes (continuous): KV cache bytes per data shard; the pool holds the largest
+      power of two of rows that fits, at most the call's rows. None: the device kind's default
+      (`engine.default_kv_budget_bytes`). window_steps: decode steps per fused window.
+    decode_attention (continuous): "reference" (pure JAX) or a kernel of model/decode_kernels.py
+      reading each row's own length ("pallas_gpu"; "pallas_interpret" on any device, slowly).
+    `params`: the stacked training params (copied for the call into per-layer buffers in the
+    compute dtype, `sampling_weights`) or `PerLayerParams` (`placement.sampling_params`).
     """
     settings = make_settings(
         cfg, temperature=temperature, top_p=top_p, top_k=top_k, eos_id=eos_id, pad_id=pad_id
     )
     check_batch(cfg, prompts, max_new_tokens, num_samples, mesh, data_axis)
-    kv_budget_bytes = _checked_budget(
-        cfg, prompts, max_new_tokens, num_samples, mesh, engine, kv_budget_bytes, window_steps
-    )
+    kv_budget_bytes = _checked_budget(cfg, prompts, max_new_tokens, num_samples, mesh, engine,
+                                      kv_budget_bytes, window_steps, decode_attention)  # fmt: skip
     params = sampling_weights(cfg, params)
     kw = dict(
         max_new_tokens=max_new_tokens, seed=seed, num_samples=num_samples, mesh=mesh,
@@ -231,24 +231,31 @@ def generate(
         return _to_rollout_jit(state, len(prompts) * num_samples, max_new_tokens)
     fields = continuous.run(
         cfg, params, prompts, settings, kv_budget_bytes=kv_budget_bytes,
-        window_steps=window_steps, **kw,
+        window_steps=window_steps, decode_attention=decode_attention, **kw,
     )  # fmt: skip
     return _on_device(Rollout(**fields), mesh)
 
 
 def _checked_budget(
-    cfg, prompts, max_new_tokens, num_samples, mesh, engine, kv_budget_bytes, window_steps
-) -> int:
+    cfg, prompts, max_new_tokens, num_samples, mesh, engine, kv_budget_bytes, window_steps,
+    decode_attention,
+) -> int:  # fmt: skip
     """The continuous engine's KV budget (the default when None), the engine's arguments
     checked: a budget holding no row fails here."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if decode_attention not in DECODE_ATTENTION:
+        raise ValueError(
+            f"decode_attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}"
+        )
+    if engine == "static" and decode_attention != "reference":
+        raise ValueError("decode_attention kernels run in the continuous engine only")
     if window_steps < 1:
         raise ValueError(f"window_steps must be >= 1, got {window_steps}")
     if kv_budget_bytes is None:
         kv_budget_bytes = continuous.default_kv_budget_bytes(mesh)
     if engine == "continuous":
-        length = continuous.cache_length(prompts, max_new_tokens)
+        length = continuous.cache_length(prompts, max_new_tokens, decode_attention)
         continuous.pool_slots(cfg, len(prompts) * num_samples, length, kv_budget_bytes)
     return kv_budget_bytes
 

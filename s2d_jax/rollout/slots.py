@@ -10,7 +10,7 @@ cache slot per row (`forward_cached` with slot [B]).
     pool = admit_jit(pool, source_A, dest_A, row_A, prompt_len_A, last_token_A,
                      prompt_width=P, mesh=m, data_axis=a)
     pool, tokens_BW, logprobs_BW = window_jit(pool.replace(settings=settings), weights,
-                                              cfg=cfg, read_length=R, steps=W)
+                                              cfg=cfg, read_length=R, steps=W, kernel=k)
     pool = compact(pool, keep_HC, mesh=m, data_axis=a)  # one jitted copy per cache layer
 
 Every index array is padded to a shape bucket by the caller; a destination index of B (past the
@@ -126,7 +126,7 @@ def _admit(
     return _rows_split(pool, mesh, data_axis)
 
 
-def _decode_step(pool: SlotPool, params: PerLayerParams, cfg, read_length: int):
+def _decode_step(pool: SlotPool, params: PerLayerParams, cfg, read_length: int, kernel: str):
     """Feed each slot's last token at its own cache slot, sample the next; (pool, tokens [B],
     logprobs [B]), pad and 0 for done slots.
 
@@ -136,7 +136,7 @@ def _decode_step(pool: SlotPool, params: PerLayerParams, cfg, read_length: int):
     slot_B = pool.prompt_len_B - 1 + pool.index_B
     hidden_B1D, cache = forward_cached(
         cfg, params, pool.last_token_B[:, None], slot_B[:, None], pool.cache, slot_B, None,
-        read_length,
+        read_length, kernel,
     )  # fmt: skip
     logits_BV = logits_from_hidden(cfg, params, hidden_B1D[:, 0])
     row_keys_B = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(pool.seed), pool.row_B)
@@ -156,9 +156,12 @@ def _decode_step(pool: SlotPool, params: PerLayerParams, cfg, read_length: int):
     return pool, token_B, logprob_B
 
 
-def _window(pool: SlotPool, params: PerLayerParams, *, cfg, read_length: int, steps: int):
+def _window(
+    pool: SlotPool, params: PerLayerParams, *, cfg, read_length: int, steps: int, kernel: str
+):
     """Up to `steps` decode steps (one `lax.while_loop`, left early once every slot is done),
-    attending over the first `read_length` cache slots; returns (pool, tokens [B, steps],
+    attending over the first `read_length` cache slots (by the `kernel` of
+    `cached_forward.cached_attention`); returns (pool, tokens [B, steps],
     logprobs [B, steps]): step j's token of each slot in column j."""
     B = pool.row_B.shape[0]
     tokens_BW = jnp.full((B, steps), pool.settings.pad_id, jnp.int32)
@@ -170,7 +173,7 @@ def _window(pool: SlotPool, params: PerLayerParams, *, cfg, read_length: int, st
 
     def body(carry):
         step, pool, tokens_BW, logprobs_BW = carry
-        pool, token_B, logprob_B = _decode_step(pool, params, cfg, read_length)
+        pool, token_B, logprob_B = _decode_step(pool, params, cfg, read_length, kernel)
         tokens_BW = jax.lax.dynamic_update_slice(tokens_BW, token_B[:, None], (0, step))
         logprobs_BW = jax.lax.dynamic_update_slice(logprobs_BW, logprob_B[:, None], (0, step))
         return step + 1, pool, tokens_BW, logprobs_BW
@@ -201,7 +204,7 @@ new_pool_jit = jax.jit(_new_pool, static_argnames=("cfg", "slots", "length", *_S
 prefill_jit = jax.jit(_prefill, static_argnames=("cfg", *_SPLIT), donate_argnames=("pool",))
 admit_jit = jax.jit(_admit, static_argnames=("prompt_width", *_SPLIT), donate_argnames=("pool",))
 window_jit = jax.jit(
-    _window, static_argnames=("cfg", "read_length", "steps"), donate_argnames=("pool",)
+    _window, static_argnames=("cfg", "read_length", "steps", "kernel"), donate_argnames=("pool",)
 )
 take_rows_jit = jax.jit(_take_rows, static_argnames=_SPLIT)
 

@@ -117,6 +117,7 @@ def sample(ctx: RunContext, cfg, params, prompts, sampling, seed: int, num_sampl
         data_axis=sh.BATCH_AXES,
         engine=sampling.engine,
         kv_budget_bytes=int(sampling.kv_budget_gib * 2**30) or None,
+        decode_attention=sampling.decode_attention,
     )
     rollout = placement.to_host(rollout)
     lengths = np.asarray(rollout.lengths)

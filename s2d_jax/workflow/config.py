@@ -34,6 +34,7 @@ class SamplingConfig:
     top_k: int
     engine: str  # "continuous" (a KV-budget-sized slot pool) or "static" (one batch)
     kv_budget_gib: float  # continuous: KV cache per data shard; 0: the device's default
+    decode_attention: str  # continuous: "reference" (pure JAX) or a kernel (model/decode_kernels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,7 @@ class EvalConfig:
     top_k: int
     engine: str  # as SamplingConfig
     kv_budget_gib: float
+    decode_attention: str
     max_problems: int
     batch_size: int
 

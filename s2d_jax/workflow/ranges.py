@@ -4,6 +4,7 @@ fails at the boundary, naming the field."""
 
 import dataclasses
 
+from s2d_jax.model.decode_kernels import DECODE_ATTENTION
 from s2d_jax.rollout import sampler
 
 
@@ -49,6 +50,7 @@ RANGES = {
         top_k=_at_least(0),
         engine=_one_of(sampler.ENGINES),
         kv_budget_gib=_at_least(0),
+        decode_attention=_one_of(DECODE_ATTENTION),
     ),
     "OptimizerConfig": dict(
         lr=_at_least(0),
@@ -77,6 +79,7 @@ RANGES = {
         top_k=_at_least(0),
         engine=_one_of(sampler.ENGINES),
         kv_budget_gib=_at_least(0),
+        decode_attention=_one_of(DECODE_ATTENTION),
         max_problems=_at_least(0),
         batch_size=_at_least(1),
     ),
