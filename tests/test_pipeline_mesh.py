@@ -45,6 +45,7 @@ def _config(mesh_shape, keep_stages):
         if name in config.stages:
             config.stages[name].teacher = "base"  # a fresh teacher: no teacher stages to run
     config.eval.splits = ""  # no eval sampling: the stages' own rollouts are compared below
+    config.probe.data = ""  # nor probe rows
     config.mesh.update(data=mesh_shape[0], fsdp=mesh_shape[1], tensor=mesh_shape[2])
     return config
 
