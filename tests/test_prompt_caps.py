@@ -72,6 +72,7 @@ def test_a_capped_stage_drops_counts_reports_and_never_truncates(tmp_path):
             del config.stages[name]
     config.export_hf = ""
     config.eval.splits = ""
+    config.probe.data = ""  # its references are stages deleted above
     task = _task(config, tmp_path)
     cap, kept = _median_cap(task, "rl")
     config.stages.fkl.update(
