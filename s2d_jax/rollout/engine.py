@@ -90,7 +90,9 @@ def cache_length(prompts, max_new_tokens: int, decode_attention: str = "referenc
 def default_kv_budget_bytes(mesh=None) -> int:
     """DEVICE_KV_FRACTION of the (first) device's memory limit, or CPU_KV_BUDGET_BYTES (see
     there how they are chosen)."""
-    device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
+    # A device of this process: another process's device has no memory stats to read here.
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()] if mesh else []
+    device = local[0] if local else jax.local_devices()[0]
     limit = (device.memory_stats() or {}).get("bytes_limit")
     return int(DEVICE_KV_FRACTION * limit) if limit else CPU_KV_BUDGET_BYTES
 
