@@ -67,9 +67,9 @@ def shrink_config(config, *, steps=2, new_tokens=12, keep_stages=None):
     return config
 
 
-def fake_grader(reward_of_text):
-    """A stand-in for `rewards.Grader` (monkeypatch it in): reward_of_text(completion) -> 0 or 1,
-    no worker processes, so pipeline tests can choose what a GRPO batch is rewarded for."""
+def fake_grader(reward_of):
+    """A stand-in for `rewards.Grader` (monkeypatch it in): reward_of(completion, reference) -> 0
+    or 1, no worker processes, so pipeline tests can choose what a batch is rewarded for."""
     import numpy as np
 
     class FakeGrader:
@@ -84,7 +84,8 @@ def fake_grader(reward_of_text):
 
         def grade(self, texts, references, *, answer_style):
             assert answer_style == "boxed"  # the toy boxes its answers
-            rewards_B = np.array([reward_of_text(t) for t in texts], np.float32)
-            return rewards_B, {"reward/mean": float(rewards_B.mean())}
+            pairs = zip(texts, references, strict=True)
+            rewards_B = np.array([reward_of(t, r) for t, r in pairs], np.float32)
+            return rewards_B, {"reward/mean": float(rewards_B.mean()), "reward/no_answer": 0.0}
 
     return FakeGrader

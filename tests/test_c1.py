@@ -6,7 +6,7 @@ token limit. The verifier is a stand-in (`ParityGrader`) so that the grades are 
 
 import numpy as np
 import pytest
-from conftest import shrink_config
+from conftest import fake_grader, shrink_config
 
 from configs import toy_arith
 from s2d_jax.data.task import Task, build_tokenizer
@@ -23,23 +23,8 @@ def reward_of(text: str, reference: str) -> float:
     return float((len(text) + int(reference)) % 2 == 0)
 
 
-class ParityGrader:
-    """Monkeypatched in as `rewards.Grader`: `reward_of` each row, no worker processes."""
-
-    def __init__(self, workers, timeout_s):
-        del workers, timeout_s
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def grade(self, texts, references, *, answer_style):
-        assert answer_style == "boxed"  # the toy's
-        pairs = zip(texts, references, strict=True)
-        rewards_B = np.array([reward_of(t, r) for t, r in pairs], np.float32)
-        return rewards_B, {"reward/mean": float(rewards_B.mean()), "reward/no_answer": 0.0}
+# Monkeypatched in as `rewards.Grader`: `reward_of` each row, no worker processes.
+ParityGrader = fake_grader(reward_of)
 
 
 def _toy(stage):

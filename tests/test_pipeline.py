@@ -185,7 +185,7 @@ def test_format_reward_pays_extractable_wrong_answers(tmp_path, monkeypatch):
     from s2d_jax.grading import rewards
     from s2d_jax.workflow import stages
 
-    monkeypatch.setattr(rewards, "Grader", fake_grader(lambda text: 0.0))  # all wrong
+    monkeypatch.setattr(rewards, "Grader", fake_grader(lambda text, reference: 0.0))  # all wrong
     monkeypatch.setattr(
         stages.rewards, "extract_answer", lambda t, answer_style: "7" if len(t) % 2 == 0 else None
     )
@@ -337,3 +337,4 @@ def test_a_stage_picks_its_rollout_engine_and_kv_budget():
     np.testing.assert_array_equal(continuous.tokens, static.tokens)
     with pytest.raises(ValueError, match="holds no row"):
         _sample_with(dict(kv_budget_gib=1e-9))
+    _sample_with(dict(engine="static", kv_budget_gib=1e-9))  # the static engine has no pool
