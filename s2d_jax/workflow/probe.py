@@ -125,7 +125,11 @@ def measure(ctx: RunContext, probe_cfg: ProbeConfig, stage_cfgs) -> dict[str, di
         for teacher_ref in sorted({t for _, t in todo}):
             teacher = loading.load_params(ctx, "teacher", teacher_ref, frozen=True)
             for student_ref in [s for s, t in todo if t == teacher_ref]:
-                student = loading.load_params(ctx, "student", student_ref, frozen=True)
+                # The student as its stages train it: float32 masters, compute-dtype forward
+                # (the same logits as a frozen copy). With both models' params in bfloat16 on an
+                # fsdp mesh of fake CPU devices, XLA:CPU's collectives in score_kl deadlocked
+                # (configs/paper.py:arm=replay,pair=tiny on 8 devices, every time).
+                student = loading.load_params(ctx, "student", student_ref)
                 stats = pair_stats(ctx, student, teacher, rows, probe_cfg.chunk_size)
                 cache[_pair_key(student_ref, teacher_ref)] = stats
                 if writer:  # each pair as soon as it is measured: a rerun skips it
