@@ -175,6 +175,7 @@ def _stage(kind, model, init_from, data, steps, batch_size, max_new_tokens, lr, 
         sampling=sampling(max_new_tokens),
         optim=optim(lr=lr),
         grpo=grpo(),
+        stop=stop(),
         chunk_size=CHUNK_SIZE,
         vocab_chunk=8192,  # vocabulary slice of their backward pass (0: the whole vocabulary)
         max_skipped_frac=0.1,  # nan_policy "skip": more skipped steps than this share fail
@@ -208,9 +209,18 @@ def grpo(
     )
 
 
-def sft_stage(model, init_from, data, steps, batch_size, lr, **extra):
-    """Supervised warm-start on worked solutions (the toy's stand-in for pretraining)."""
-    return _stage("sft", model, init_from, data, steps, batch_size, 0, lr, **extra)
+def stop(accuracy=0.0, every=10, holdout=0):
+    """When an sft stage ends early (accuracy 0: never, it runs its `steps`): every `every`
+    updates, the greedy accuracy on `holdout` examples held out of its pool (chosen by the task's
+    split_seed, never trained on); the first check at or above `accuracy` ends the stage, and
+    `steps` becomes an upper bound."""
+    return ConfigDict(dict(accuracy=accuracy, every=every, holdout=holdout))
+
+
+def sft_stage(model, init_from, data, steps, batch_size, lr, max_new_tokens=0, **extra):
+    """Supervised warm-start on worked solutions (the toy's stand-in for pretraining);
+    max_new_tokens is only sampled by an early stop's check (`stop`)."""
+    return _stage("sft", model, init_from, data, steps, batch_size, max_new_tokens, lr, **extra)
 
 
 def grpo_stage(model, init_from, data, steps, prompts, group_size, max_new_tokens, lr, **extra):

@@ -60,6 +60,7 @@ def shrink_config(config, *, steps=2, new_tokens=12, keep_stages=None):
         stage.sampling.max_new_tokens = new_tokens
         stage.optim.warmup_steps = 0
         stage.micro_batches = 1
+        stage.stop.holdout = min(stage.stop.holdout, 4)  # of the 64 demos
     config.eval.update(max_problems=4, samples=2, max_new_tokens=new_tokens, batch_size=8)
     config.probe.update(prompts=4, samples=1)
     config.probe.sampling.max_new_tokens = new_tokens

@@ -262,9 +262,9 @@ def test_smollm2_config_runs_on_a_tiny_llama(tmp_path, checkpoints):
 
 def test_toy_config_variants():
     full = toy_arith.get_config()
-    assert "stage3" in full.stages and full.stages.student_sft.steps == 150
+    assert "stage3" in full.stages and full.stages.student_sft.steps == 480
     small = toy_arith.get_config("scale=0.1,stage3=false")
-    assert "stage3" not in small.stages and small.stages.student_sft.steps == 15
+    assert "stage3" not in small.stages and small.stages.student_sft.steps == 48
     on_policy = ("raw_opd", "opd", "opd_no_fkl", "opd_1h")
     assert {full.stages[name].optim.lr for name in on_policy} == {1e-4}
     fast = toy_arith.get_config("opd_lr=0.001")

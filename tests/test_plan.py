@@ -30,7 +30,12 @@ def test_the_toy_plan_lists_every_stage_and_writes_nothing(tmp_path):
     assert grpo[6:10] == ["40", "128", "256", f"{40 * 128 * 48:,}"]
     fkl = rows["fkl"]  # 8 teacher rollouts of each of the 256 prompts, generated once
     assert fkl[7] == "32" and fkl[9] == f"{256 * 8 * 48:,}"
-    assert rows["student_sft"][9] == "0"
+    assert rows["teacher_sft"][9] == "0"  # supervised: nothing generated
+    # the student's warm-start stops early: at most 480 updates, a greedy check of its 128
+    # held-out demos every 10
+    sft = rows["student_sft"]
+    assert sft[5] == "demos (1872, 128 held out)" and sft[6].startswith("<= 480 (stops at")
+    assert sft[9] == f"{480 // 10 * 128 * 48:,}"
     assert not (tmp_path / "run").exists()
 
 

@@ -230,3 +230,55 @@ def test_repaired_rows_name_lost_steps(tmp_path, caplog):
         rows = metrics.repaired_rows(path, 3, saved_rows=[{"step": 3, "a": 1.0}])
     assert rows == [{"step": 1}, {"step": 3, "a": 1.0}]
     assert "step(s) [2]" in caplog.text
+
+
+# --- early stop
+
+
+def _stop_when_w_reaches(threshold, calls=None):
+    """should_stop: stop once w (the running sum of the steps' x) reaches `threshold`."""
+
+    def should_stop(params):
+        w = float(params["w"][0])
+        if calls is not None:
+            calls.append(w)
+        return w >= threshold, {"stop/w": w}
+
+    return should_stop
+
+
+def test_early_stop_ends_at_the_first_passing_check(tmp_path):
+    calls = []
+    # w after step s is s(s+1)/2: checks at steps 2, 4, 6 see 3, 10, 21; 10 passes.
+    state, _ = _run(
+        tmp_path, total=12, save_every=5, should_stop=_stop_when_w_reaches(8, calls), stop_every=2
+    )
+    assert int(state.step) == 4 and float(state.params["w"][0]) == _expected_w(4)
+    assert calls == [3.0, 10.0]
+    rows = _rows(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r.get("stop/w") for r in rows] == [None, 3.0, None, 10.0]
+    manager = checkpoints.state_manager(tmp_path)
+    assert manager.latest_step() == 4  # the stopped step is saved, not the stage's upper bound
+    manager.close()
+
+
+def test_a_stopped_stage_resumes_to_its_stopped_state(tmp_path):
+    stop = dict(should_stop=_stop_when_w_reaches(8), stop_every=2)
+    first, _ = _run(tmp_path, total=12, **stop)
+    calls = []
+    again, last = _run(tmp_path, total=12, should_stop=_stop_when_w_reaches(8, calls), stop_every=2)
+    assert int(again.step) == 4 and last == {} and calls == []  # no step, no check
+    np.testing.assert_array_equal(again.params["w"], first.params["w"])
+    assert [r["step"] for r in _rows(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_a_killed_stage_with_an_early_stop_resumes_to_the_same_stop(tmp_path):
+    stop = dict(should_stop=_stop_when_w_reaches(20), stop_every=2)  # checks see 3, 10, 21
+    straight, _ = _run(tmp_path / "straight", total=12, **stop)
+    with pytest.raises(Killed):
+        _run(tmp_path / "run", total=12, kill_at=4, save_every=2, **stop)
+    resumed, _ = _run(tmp_path / "run", total=12, save_every=2, **stop)
+    assert int(straight.step) == int(resumed.step) == 6
+    np.testing.assert_array_equal(resumed.params["w"], straight.params["w"])
+    assert _rows(tmp_path / "run") == _rows(tmp_path / "straight")

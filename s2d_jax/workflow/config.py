@@ -38,6 +38,15 @@ class SamplingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class StopConfig:
+    """An sft stage's early stop (configs/common.stop): accuracy 0 is off."""
+
+    accuracy: float  # the held-out greedy accuracy that ends the stage
+    every: int  # updates between checks
+    holdout: int  # examples of the pool held out for the check (never trained on)
+
+
+@dataclasses.dataclass(frozen=True)
 class StageConfig:
     name: str
     kind: str  # a key of stages.KINDS
@@ -59,6 +68,7 @@ class StageConfig:
     sampling: SamplingConfig
     optim: OptimizerConfig  # total_steps 0: the stage's own length
     grpo: GrpoConfig
+    stop: StopConfig
     # nan_policy "skip" fails the stage past either: skipped steps / steps, skipped in a row
     max_skipped_frac: float
     max_consecutive_skips: int
@@ -201,6 +211,7 @@ def parse_stage(name: str, stage) -> StageConfig:
         ("sampling", SamplingConfig),
         ("optim", OptimizerConfig),
         ("grpo", GrpoConfig),
+        ("stop", StopConfig),
     ):
         if key in data:
             data[key] = to_dataclass(cls, data[key], f"{where}.{key}")
@@ -219,7 +230,26 @@ def parse_stage(name: str, stage) -> StageConfig:
         )
     if parsed.batch_size % parsed.micro_batches:
         raise ValueError(f"{where}: batch_size {parsed.batch_size} % micro_batches != 0")
+    check_stop(parsed, where)
     return parsed
+
+
+def check_stop(stage: StageConfig, where: str) -> None:
+    """An early stop needs an sft stage (the others' accuracy would read labels they do not
+    count), held-out examples to check on, and room to generate an answer."""
+    if not stage.stop.accuracy:
+        return
+    if stage.kind != "sft":
+        raise ValueError(
+            f"{where}.stop.accuracy = {stage.stop.accuracy}: only an sft stage stops early "
+            f"(this one is {stage.kind!r}); set it to 0"
+        )
+    if not stage.stop.holdout or not stage.sampling.max_new_tokens:
+        raise ValueError(
+            f"{where}.stop.accuracy = {stage.stop.accuracy} needs stop.holdout > 0 (examples to "
+            f"check on; it is {stage.stop.holdout}) and sampling.max_new_tokens > 0 (room for the "
+            f"answer; it is {stage.sampling.max_new_tokens})"
+        )
 
 
 def _references(stage: StageConfig) -> list[tuple[str, str]]:

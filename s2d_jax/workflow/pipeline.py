@@ -159,12 +159,16 @@ def run_stage(ctx: RunContext, stage: StageConfig, stage_dir: Path) -> dict:
         teacher.params if teacher else None,
     )
     state = _train(ctx, stage, stage_dir, cfg, state, make_batch, update, total)
+    updates = int(jax.device_get(state.step))  # below `total` when an early stop ended it
     summary = stage_loop.stage_summary(stage_dir)
+    if stage.stop.accuracy:  # the last check's, the one that ended the stage if it stopped
+        summary["stop/holdout_accuracy"] = stage_loop.last_value(stage_dir, "stop/holdout_accuracy")
+        summary["stop/stopped_early"] = float(updates < total)
     summary.update(kind.diagnostics(ctx, stage) if kind.diagnostics else {})
     summary.update(evaluation.evaluate_policy(ctx, cfg, state.params, stage_dir, "final"))
     summary.update(pools.stage_pool(ctx, stage).metrics())
     summary.update(budget.stage_budget(stage_dir, cfg, teacher.cfg if teacher else None))
-    checkpoints.export_params(stage_dir, state.params, {"role": stage.model, "steps": total})
+    checkpoints.export_params(stage_dir, state.params, {"role": stage.model, "steps": updates})
     return summary
 
 
@@ -173,6 +177,14 @@ def _train(ctx: RunContext, stage: StageConfig, stage_dir, cfg, state, make_batc
 
     def periodic_eval(params, step):
         return evaluation.evaluate_policy(ctx, cfg, params, stage_dir, f"step{step}")
+
+    should_stop = None
+    if stage.stop.accuracy:
+        holdout_accuracy = stages.holdout_accuracy(ctx, stage, cfg)
+
+        def should_stop(params):
+            values = holdout_accuracy(params)
+            return values["stop/holdout_accuracy"] >= stage.stop.accuracy, values
 
     state, _ = stage_loop.run_loop(
         stage_dir=stage_dir,
@@ -183,6 +195,8 @@ def _train(ctx: RunContext, stage: StageConfig, stage_dir, cfg, state, make_batc
         update=update,
         evaluate=periodic_eval,
         eval_every=stage.eval_every,
+        should_stop=should_stop,
+        stop_every=stage.stop.every,
         nan_policy=ctx.nan_policy,
         max_skipped_frac=stage.max_skipped_frac,
         max_consecutive_skips=stage.max_consecutive_skips,

@@ -104,9 +104,16 @@ def _describe_stage(ctx: RunContext, stage: StageConfig, labeled: int) -> tuple:
         rows = stage.batch_size * stage.samples_per_prompt
         generated, trained = updates * rows * N, updates * rows * (longest_prompt + N)
     teacher = stage.teacher if kind.uses_teacher else ""
+    notes = [str(len(pool))]
+    notes += [f"{capped.dropped} over the cap"] if capped.dropped else []
+    notes += [f"{len(capped.holdout)} held out"] if capped.holdout else []
+    if stage.stop.accuracy:  # an upper bound: the stage ends at its first check over the target
+        generated += (
+            updates // stage.stop.every * len(capped.holdout) * N
+        )  # the checks' greedy rows
+        updates = f"<= {updates} (stops at held-out accuracy {stage.stop.accuracy:g})"
     return (stage.name, stage.kind, stage.model, stage.init_from, teacher,
-            f"{stage.data} ({len(pool)}{f', {capped.dropped} over the cap' if capped.dropped else ''})",
-            updates, rows, labeled,
+            f"{stage.data} ({', '.join(notes)})", updates, rows, labeled,
             f"{generated:,}", f"{trained:,}")  # fmt: skip
 
 

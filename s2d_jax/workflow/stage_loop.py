@@ -30,6 +30,8 @@ def run_loop(
     update: Callable,
     evaluate: Callable | None = None,
     eval_every: int = 0,
+    should_stop: Callable | None = None,
+    stop_every: int = 0,
     nan_policy: str = "skip",
     max_skipped_frac: float,
     max_consecutive_skips: int,
@@ -44,12 +46,17 @@ def run_loop(
     Skipping has a budget (`SkipBudget`): past it the stage fails, naming the skipped steps.
     Each checkpoint's meta carries the metric rows since the previous one and the skipped steps,
     so a resume repairs metrics.jsonl and keeps counting skips where the run left off.
+    `should_stop(params) -> (stop, metrics)`, every `stop_every` steps, may end the loop before
+    `total_steps`: the step it stops at is checkpointed with `stopped_at` in its meta, and a
+    resume from it trains no further.
     """
     manager = checkpoints.state_manager(stage_dir)
     with contextlib.closing(manager):  # closed on failure too: no orbax thread outlives the error
         restored = checkpoints.restore_latest(manager, state)
         state, meta = restored if restored is not None else (state, {})
         start = int(jax.device_get(state.step))
+        if "stopped_at" in meta:
+            return state, {}
         budget = SkipBudget(
             stage=desc or str(stage_dir),
             max_skipped=math.floor(max_skipped_frac * total_steps),
@@ -61,23 +68,31 @@ def run_loop(
             last: dict = {}
             unsaved: list[dict] = []  # metric rows since the last checkpoint, saved in its meta
             bar = _progress(start, total_steps, desc)
+            end = total_steps
             for step in bar:
                 state, values = _step(state, step, make_batch, update)
                 if evaluate is not None and eval_every and (step + 1) % eval_every == 0:
                     values.update(evaluate(state.params, step + 1))
+                stop = False
+                if should_stop is not None and stop_every and (step + 1) % stop_every == 0:
+                    stop, stop_values = should_stop(state.params)
+                    values.update(stop_values)
                 last = writer.write(step + 1, values)
                 unsaved.append({"step": step + 1, **last})
                 if nan_policy == "raise":  # "skip": the step kept the old params and counted it
                     metrics.check_finite(step + 1, last, WATCHED)
                 budget.record(step + 1, last)
+                if stop:
+                    end = step + 1
+                    meta = budget.meta(end, unsaved) | {"stopped_at": end}
+                    checkpoints.save_state(manager, end, state, meta)
+                    break
                 if (step + 1) % save_every == 0:
                     checkpoints.save_state(manager, step + 1, state, budget.meta(step + 1, unsaved))
                     unsaved = []
                 bar.set_postfix(_postfix(last), refresh=False)
-            if manager.latest_step() != total_steps:
-                checkpoints.save_state(
-                    manager, total_steps, state, budget.meta(total_steps, unsaved)
-                )
+            if manager.latest_step() != end:
+                checkpoints.save_state(manager, end, state, budget.meta(end, unsaved))
     return state, last
 
 
@@ -172,3 +187,9 @@ def stage_summary(stage_dir: Path) -> dict:
     summary["train/skipped_total"] = float(sum(row.get("train/skipped", 0.0) for row in rows))
     summary["train/steps"] = float(rows[-1]["step"])
     return summary
+
+
+def last_value(stage_dir: Path, key: str) -> float:
+    """The last logged value of a metric (NaN if never logged)."""
+    values = [row[key] for row in metrics.read_metrics(stage_dir) if key in row]
+    return float(values[-1]) if values else float("nan")

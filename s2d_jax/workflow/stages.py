@@ -94,6 +94,23 @@ def grade_rollout(ctx: RunContext, rollout, examples, num_samples: int, answer_s
     return texts, rewards.zero_truncated(rewards_B, np.asarray(rollout.truncated)), stats
 
 
+def holdout_accuracy(ctx: RunContext, stage: StageConfig, cfg):
+    """`accuracy(params) -> {"stop/holdout_accuracy": share right}`: greedy completions of the
+    stage's held-out examples (`pools.StagePool.holdout`) graded against their answers, a
+    truncated one scoring 0. Greedy, so a resumed stage checks exactly as the first run did."""
+    held = pools.stage_pool(ctx, stage).holdout
+    prompts = [ctx.task.prompt_ids(ex) for ex in held]
+    greedy = dataclasses.replace(stage.sampling, temperature=0.0)
+    answer_style = ctx.task.answer_style(stage.data)
+
+    def accuracy(params) -> dict[str, float]:
+        rollout, _ = batches.sample(ctx, cfg, params, prompts, greedy, 0, 1)
+        _, correct_B, _ = grade_rollout(ctx, rollout, held, 1, answer_style)
+        return {"stop/holdout_accuracy": float(correct_B.mean())}
+
+    return accuracy
+
+
 # ----------------------------------------------------------------------------- per-kind batch makers
 
 
