@@ -5,20 +5,33 @@ random prompts of --prompt_len tokens, --samples samples each, temperature 1. A 
 --eos_count token ids counts as EOS: a random model's next-token distribution is close to
 uniform, so a row ends with probability about |E| / V per step and lengths are roughly
 geometric with mean V / |E|, cut at max_new_tokens, as RL rollouts are (most short, a few long).
+--workload sets these together: "small" (8 prompts x 4 samples, |E| = 250: mean ~128, caps 256
+and 4096) or "issue" (issue 15's: 32 prompts x 8 samples = 256 rows, |E| = 320: mean ~100,
+cap 512); an explicit flag overrides its field.
 
-For each --max_new_tokens (default 256 and 4096: cost should follow the tokens generated, not
-the allocation) it times, in the same run: the continuous engine (`generate`, the default), the
-static engine (`engine="static"`), and transformers' static `generate` on the same weights
-(`hf_io.save_hf`; eos_token_id = E; skipped with --no_hf or when transformers is missing).
-Each engine runs once first (s2d_jax compiles; transformers warms up; that run's excess over the
-timed one is printed), then --reps timed runs (best). Generated tokens = the rows' lengths summed, EOS
-included; transformers' are counted the same way from its output. transformers runs with
---torch_threads (default 1): torch's default, a thread per core, stalls badly when other
-processes share the cores (benchmarks/sampler.py times both). After each engine the
-process's peak resident memory over that engine's runs is printed (Linux: the peak is reset
-before each, /proc/self/clear_refs).
+For each --max_new_tokens it times, in the same run: the continuous engine (`generate`, the
+default), the static engine (`engine="static"`), transformers' static `generate` and its
+continuous batching `generate_batch` (paged KV cache, each prompt's samples forked from it by
+num_return_sequences) on the same weights (`hf_io.save_hf`; eos_token_id = E; both skipped with
+--no_hf or when transformers is missing). s2d_jax engines run once first (they compile; that
+run's excess over the timed one is printed), transformers warms up on two short prompts; then
+--reps timed runs (best). generate_batch gets a paged cache sized to the workload and held to the
+continuous engine's --kv_budget_gb (its default sizes it to most of the host's memory and, on
+CPU, spends seconds per call allocating it and its attention-mask buffers) and no warm-up (it
+only pre-captures CUDA graphs). Generated tokens = the rows' lengths summed, EOS included;
+transformers' are counted the same way from its output. transformers runs with --torch_threads
+(default 1): torch's default, a thread per core, stalls badly when other processes share the
+cores (benchmarks/sampler.py times both). After each engine the process's peak resident memory
+over that engine's runs is printed (Linux: the peak is reset before each, /proc/self/clear_refs),
+with the load average (other processes sharing the cores slow every engine).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/rollout_engine.py --prompts 8 --samples 4
+At the end a table: tok/s per engine and max_new_tokens, the continuous engine's ratio to
+transformers' `generate` (issue 15's target: >= 4x) and to `generate_batch` (>= 2x), and per
+engine the ratio of its tok/s at the smallest and the largest max_new_tokens (target <= 1.5x:
+cost follows the tokens generated, not the allocation).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/rollout_engine.py --workload small --reps 2
+    PYTHONPATH=. .venv/bin/python benchmarks/rollout_engine.py --workload issue
     PYTHONPATH=. .venv/bin/python benchmarks/rollout_engine.py --sweep_slots 1,2,4,8,16,32,64
     PYTHONPATH=. .venv/bin/python benchmarks/rollout_engine.py --engines continuous \
         --max_new_tokens 4096 --kv_budget_gb 0.4 --prompts 16   # then --prompts 32: same RSS
@@ -30,6 +43,7 @@ pool size (the figure behind engine.MIN_COMPACT_SLOTS).
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import tempfile
 import time
@@ -39,6 +53,7 @@ import numpy as np
 
 from s2d_jax.model import cached_forward, decoder, hf_io
 from s2d_jax.rollout import engine, sampler, slots
+from s2d_jax.rollout.inputs import cache_bytes
 
 
 def reset_peak_rss() -> bool:
@@ -78,15 +93,21 @@ def s2d_run(cfg, weights, prompts, args, new_tokens, eos, engine_name):
     return run
 
 
-def hf_run(cfg, params, prompts, args, new_tokens, eos):
-    """A function running transformers' generate once (sampling, temperature 1): (seconds,
-    generated tokens up to and including each row's first EOS)."""
+def hf_model(cfg, params):
+    """transformers' Qwen3 on the same weights, float32, eval mode."""
     import torch
     import transformers
 
     with tempfile.TemporaryDirectory() as path:
         hf_io.save_hf(path, cfg, params)
-        hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def hf_run(hf, prompts, args, new_tokens, eos):
+    """A function running transformers' generate once (sampling, temperature 1): (seconds,
+    generated tokens up to and including each row's first EOS)."""
+    import torch
+
     ids = torch.tensor(np.repeat(np.asarray(prompts), args.samples, axis=0))
     kw = dict(
         attention_mask=torch.ones_like(ids), pad_token_id=0, eos_token_id=list(eos),
@@ -108,17 +129,54 @@ def hf_run(cfg, params, prompts, args, new_tokens, eos):
     return run
 
 
-def timed(name, run, reps):
-    """Run once (compiles; warms transformers up), then `reps` timed runs; print the best."""
+def hf_batch_run(cfg, hf, prompts, args, new_tokens, eos):
+    """A function running transformers' continuous batching (`generate_batch`) once: (seconds,
+    generated tokens, EOS included: a request's output stops at its first EOS).
+
+    Its paged cache holds the workload's rows whole (pages of `page_size` tokens), at most the
+    continuous engine's KV budget."""
+    import torch
+    from transformers import ContinuousBatchingConfig, GenerationConfig
+
+    rows = len(prompts) * args.samples
+    page = ContinuousBatchingConfig().page_size
+    pages_per_row = -(-(max(len(p) for p in prompts) + new_tokens) // page)
+    budget_pages = int(args.kv_budget_gb * 2**30) // cache_bytes(cfg, 1, page)
+    generation = GenerationConfig(
+        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new_tokens,
+        eos_token_id=list(eos), pad_token_id=0, num_return_sequences=args.samples,
+    )  # fmt: skip
+
+    def run():
+        torch.set_num_threads(args.torch_threads)
+        batching = ContinuousBatchingConfig(
+            seed=0, num_blocks=min(rows * pages_per_row, budget_pages),
+            max_batch_tokens=args.hf_batch_tokens,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        out = hf.generate_batch(inputs=prompts, generation_config=generation,
+                                continuous_batching_config=batching, warmup=False)  # fmt: skip
+        seconds = time.perf_counter() - t0
+        if len(out) != rows or any(o.error is not None for o in out.values()):
+            raise RuntimeError(f"generate_batch returned {len(out)} of {rows} rows, or errors")
+        return seconds, sum(len(o.generated_tokens) for o in out.values())
+
+    return run
+
+
+def timed(name, run, reps, warmup=None):
+    """Run `warmup` (default: `run` itself; s2d_jax compiles), then `reps` timed runs; print
+    the best, return its tok/s."""
     reset_peak_rss()
-    first = run()[0]
+    first = (warmup or run)()[0]
     seconds, tokens = min(run() for _ in range(reps))
-    compile_note = f", first run {first - seconds:+.1f} s more, excluded"
+    note = f", first run {first - seconds:+.1f} s more, excluded" if warmup is None else ""
     print(
-        f"  {name:<13} {tokens / seconds:8.1f} tok/s ({tokens} tokens in {seconds:6.1f} s"
-        f"{compile_note}); peak RSS {peak_rss_gb():.2f} GB",
+        f"  {name:<14} {tokens / seconds:8.1f} tok/s ({tokens} tokens in {seconds:6.1f} s"
+        f"{note}); peak RSS {peak_rss_gb():.2f} GB; load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
+    return tokens / seconds
 
 
 def sweep_slots(cfg, weights, sizes, prompt_len, read_length):
@@ -140,21 +198,66 @@ def sweep_slots(cfg, weights, sizes, prompt_len, read_length):
         print(f"  pool {B:4d}: {step_s * 1e3:7.2f} ms/step, {B / step_s:8.0f} tok/s", flush=True)
 
 
+# Workload presets: (prompts, samples, |E|, max_new_tokens); an explicit flag overrides a field.
+WORKLOADS = {
+    "small": (8, 4, 250, "256,4096"),
+    "issue": (32, 8, 320, "512"),  # issue 15: 256 rows, mean length ~100, cap 512
+}
+ENGINES = ("continuous", "static", "transformers", "generate_batch")
+TARGETS = (("transformers", 4.0), ("generate_batch", 2.0))  # continuous / engine >= target
+LENGTH_TARGET = 1.5  # tok/s at the smallest max_new_tokens / at the largest <= this
+
+
+def table(results, caps):
+    """tok/s per engine and cap; the continuous engine's ratios against the targets."""
+    print(f"\n  {'tok/s':<14}" + "".join(f"{f'N={N}':>10}" for N in caps))
+    for name, by_cap in results.items():
+        print(f"  {name:<14}" + "".join(f"{by_cap.get(N, float('nan')):10.1f}" for N in caps))
+    ours = results.get("continuous", {})
+    for name, target in TARGETS:
+        for N in caps:
+            if N in ours and N in results.get(name, {}):
+                ratio = ours[N] / results[name][N]
+                verdict = "met" if ratio >= target else "NOT met"
+                print(
+                    f"  continuous / {name} at N={N}: {ratio:.2f}x (target >= {target}x: {verdict})"
+                )
+    if len(caps) > 1:
+        for name, by_cap in results.items():
+            if caps[0] in by_cap and caps[-1] in by_cap:
+                ratio = by_cap[caps[0]] / by_cap[caps[-1]]
+                verdict = "met" if ratio <= LENGTH_TARGET else "NOT met"
+                print(f"  {name} tok/s at N={caps[0]} / at N={caps[-1]}: {ratio:.2f}x "
+                      f"(target <= {LENGTH_TARGET}x: {verdict})")  # fmt: skip
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="bench_30m")
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--workload", default="small", choices=sorted(WORKLOADS))
+    parser.add_argument("--prompts", type=int, help="default: the workload's")
+    parser.add_argument("--samples", type=int, help="default: the workload's")
     parser.add_argument("--prompt_len", type=int, default=64)
-    parser.add_argument("--max_new_tokens", default="256,4096", help="comma list")
-    parser.add_argument("--eos_count", type=int, default=250, help="|E|: mean length ~ V / |E|")
-    parser.add_argument("--kv_budget_gb", type=float, default=2.0, help="continuous engine's")
+    parser.add_argument("--max_new_tokens", help="comma list; default: the workload's")
+    parser.add_argument("--eos_count", type=int, help="|E|: mean length ~ V / |E|")
+    parser.add_argument("--kv_budget_gb", type=float, default=2.0,
+                        help="the continuous engine's; generate_batch's cache is held to it")  # fmt: skip
     parser.add_argument("--reps", type=int, default=1)
-    parser.add_argument("--engines", default="continuous,static,transformers", help="comma list")
-    parser.add_argument("--no_hf", action="store_true")
+    parser.add_argument("--engines", default=",".join(ENGINES), help="comma list")
+    parser.add_argument("--no_hf", action="store_true", help="skip both transformers engines")
     parser.add_argument("--torch_threads", type=int, default=1, help="see the module docstring")
+    parser.add_argument("--hf_batch_tokens", type=int, default=1024,
+                        help="generate_batch's max_batch_tokens")  # fmt: skip
     parser.add_argument("--sweep_slots", default="", help="comma list of pool sizes")
     args = parser.parse_args()
+    for field, value in zip(("prompts", "samples", "eos_count", "max_new_tokens"),
+                            WORKLOADS[args.workload], strict=True):  # fmt: skip
+        if getattr(args, field) is None:
+            setattr(args, field, value)
+    engines = args.engines.split(",")
+    unknown = set(engines) - set(ENGINES)
+    if unknown:
+        parser.error(f"unknown engines {sorted(unknown)}; choose from {ENGINES}")
 
     cfg = decoder.ModelConfig.preset(args.preset)
     params = jax.jit(decoder.init_params, static_argnames="cfg")(cfg, jax.random.key(0))
@@ -162,7 +265,8 @@ def main():
     print(
         f"{jax.default_backend()}, {args.preset}: {decoder.count_params(params) / 1e6:.1f}M "
         f"params, {cfg.compute_dtype}; {args.prompts} prompts x {args.samples} samples, prompt "
-        f"{args.prompt_len}, |E| = {args.eos_count} of V = {cfg.vocab_size}",
+        f"{args.prompt_len}, |E| = {args.eos_count} of V = {cfg.vocab_size}; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
         flush=True,
     )
     if args.sweep_slots:
@@ -171,24 +275,37 @@ def main():
     rng = np.random.default_rng(0)
     prompts = rng.integers(1, cfg.vocab_size, (args.prompts, args.prompt_len)).tolist()
     eos = tuple(int(e) for e in rng.choice(np.arange(1, cfg.vocab_size), args.eos_count, False))
-    run_hf = not args.no_hf
-    if run_hf:
+    hf_engines = [e for e in ("transformers", "generate_batch") if e in engines]
+    hf = None
+    if hf_engines and not args.no_hf:
         try:
-            import torch  # noqa: F401
-            import transformers  # noqa: F401
+            hf = hf_model(cfg, params)
         except ImportError:
-            run_hf = False
-    for N in (int(n) for n in args.max_new_tokens.split(",")):
+            print("transformers or torch missing: its engines skipped")
+    caps = [int(n) for n in args.max_new_tokens.split(",")]
+    results = {name: {} for name in engines}
+    for N in caps:
         length = engine.cache_length(prompts, N)
         rows = args.prompts * args.samples
         pool = engine.pool_slots(cfg, rows, length, int(args.kv_budget_gb * 2**30))
         print(f"max_new_tokens {N}: continuous pool {pool} slots x {length} cache slots; "
               f"static batch {rows} x {sampler.bucket(args.prompt_len) + sampler.bucket(N)}")  # fmt: skip
         for name in ("continuous", "static"):
-            if name in args.engines:
-                timed(name, s2d_run(cfg, weights, prompts, args, N, eos, name), args.reps)
-        if run_hf and "transformers" in args.engines:
-            timed("transformers", hf_run(cfg, params, prompts, args, N, eos), args.reps)
+            if name in engines:
+                run = s2d_run(cfg, weights, prompts, args, N, eos, name)
+                results[name][N] = timed(name, run, args.reps)
+        if hf is None:
+            continue
+        short = [p[:8] for p in prompts[:2]]
+        if "transformers" in engines:
+            run, warm = (hf_run(hf, p, args, n, eos) for p, n in ((prompts, N), (short, 8)))
+            results["transformers"][N] = timed("transformers", run, args.reps, warm)
+        if "generate_batch" in engines:
+            run, warm = (
+                hf_batch_run(cfg, hf, p, args, n, eos) for p, n in ((prompts, N), (short, 8))
+            )
+            results["generate_batch"][N] = timed("generate_batch", run, args.reps, warm)
+    table({name: by_cap for name, by_cap in results.items() if by_cap}, caps)
 
 
 if __name__ == "__main__":

@@ -554,3 +554,23 @@ def test_mesh_without_data_axis_is_named(data_axis):
             mesh=mesh,
             data_axis=data_axis,
         )
+
+
+def test_inverse_cdf_draw_matches_a_float64_flat_cdf():
+    """The two-level CDF draws the token a flat float64 CDF gives for the same uniform (V not a
+    multiple of the block, excluded tokens never drawn), except within rounding of a boundary."""
+    rng = np.random.default_rng(13)
+    B, V = 64, 1000 + token_selection.CDF_BLOCK // 3
+    logits = rng.normal(0.0, 2.0, (B, V)).astype(np.float32)
+    logits[:, rng.random(V) < 0.3] = -np.inf  # excluded tokens, whole blocks among them
+    logits[:, -token_selection.CDF_BLOCK :] = -np.inf
+    keys = jax.random.split(jax.random.key(14), B)
+    drawn = np.asarray(token_selection._inverse_cdf_draw(jnp.asarray(logits), keys))
+    u = np.asarray(jax.vmap(jax.random.uniform)(keys), np.float64)
+    p = np.exp(logits.astype(np.float64) - logits.max(axis=-1, keepdims=True))
+    cdf = np.cumsum(p, axis=-1) / p.sum(axis=-1, keepdims=True)
+    expect = (cdf <= u[:, None]).sum(axis=-1)
+    near = np.abs(cdf - u[:, None]).min(axis=-1) < 1e-5
+    assert np.isfinite(logits[np.arange(B), drawn]).all()
+    np.testing.assert_array_equal(drawn[~near], expect[~near])
+    assert (~near).sum() > B - 4
