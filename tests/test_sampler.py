@@ -556,14 +556,22 @@ def test_mesh_without_data_axis_is_named(data_axis):
         )
 
 
-def test_inverse_cdf_draw_matches_a_float64_flat_cdf():
-    """The two-level CDF draws the token a flat float64 CDF gives for the same uniform (V not a
-    multiple of the block, excluded tokens never drawn), except within rounding of a boundary."""
+@pytest.mark.parametrize(
+    "V, excluded_tail",
+    [
+        (1000 + token_selection.CDF_BLOCK // 3, token_selection.CDF_BLOCK),  # two levels
+        (22, 3),  # one block (the toy's vocabulary): the flat draw
+    ],
+)
+def test_inverse_cdf_draw_matches_a_float64_flat_cdf(V, excluded_tail):
+    """The CDF draw gives the token a flat float64 CDF gives for the same uniform (V not a
+    multiple of the block, excluded tokens, a whole excluded block, never drawn), except within
+    rounding of a boundary."""
     rng = np.random.default_rng(13)
-    B, V = 64, 1000 + token_selection.CDF_BLOCK // 3
+    B = 64
     logits = rng.normal(0.0, 2.0, (B, V)).astype(np.float32)
-    logits[:, rng.random(V) < 0.3] = -np.inf  # excluded tokens, whole blocks among them
-    logits[:, -token_selection.CDF_BLOCK :] = -np.inf
+    logits[:, rng.random(V) < 0.3] = -np.inf  # excluded tokens
+    logits[:, -excluded_tail:] = -np.inf
     keys = jax.random.split(jax.random.key(14), B)
     drawn = np.asarray(token_selection._inverse_cdf_draw(jnp.asarray(logits), keys))
     u = np.asarray(jax.vmap(jax.random.uniform)(keys), np.float64)

@@ -57,6 +57,8 @@ def _inverse_cdf_draw(logits_BV: jax.Array, keys_B: jax.Array) -> jax.Array:
     B, V = logits_BV.shape
     K = -(-V // CDF_BLOCK)
     probs_BV = jnp.exp(logits_BV - jnp.max(logits_BV, axis=-1, keepdims=True))
+    if K == 1:  # one block: the flat CDF is the two-level one without its rounding of the total
+        return _flat_draw(probs_BV, keys_B)
     probs_BKC = jnp.pad(probs_BV, ((0, 0), (0, K * CDF_BLOCK - V))).reshape(B, K, CDF_BLOCK)
     mass_BK = jnp.sum(probs_BKC, axis=-1)
     cdf_BK = jnp.cumsum(mass_BK, axis=-1)
@@ -73,6 +75,16 @@ def _inverse_cdf_draw(logits_BV: jax.Array, keys_B: jax.Array) -> jax.Array:
     last_B = jnp.max(jnp.where(probs_BC > 0, jnp.arange(CDF_BLOCK), 0), axis=-1)
     inner_B = jnp.minimum(jnp.sum(inner_cdf_BC <= u_B[:, None], axis=-1), last_B)
     return (block_B * CDF_BLOCK + inner_B).astype(jnp.int32)
+
+
+def _flat_draw(probs_BV: jax.Array, keys_B: jax.Array) -> jax.Array:
+    """`_inverse_cdf_draw` by one cumulative sum over the row (a vocabulary of one block)."""
+    cdf_BV = jnp.cumsum(probs_BV, axis=-1)
+    u_B = jax.vmap(jax.random.uniform)(keys_B) * cdf_BV[:, -1]
+    index_B = jnp.sum(cdf_BV <= u_B[:, None], axis=-1, dtype=jnp.int32)
+    # u rounded up to the total lands past the end: fall back to the last possible token.
+    last_B = jnp.max(jnp.where(probs_BV > 0, jnp.arange(probs_BV.shape[-1]), 0), axis=-1)
+    return jnp.minimum(index_B, last_B).astype(jnp.int32)
 
 
 def _top_p_floor(probs_BV: jax.Array, top_p: float) -> jax.Array:
