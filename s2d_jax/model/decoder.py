@@ -26,6 +26,8 @@ from s2d_jax.model import attention as blocked
 from s2d_jax.model.presets import PRESETS
 
 Params = dict[str, Any]
+# Mesh axes that split a batch's rows (distributed/sharding.py BATCH_AXES reads it from here).
+ROW_MESH_AXES = ("data", "fsdp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,6 +325,27 @@ def attention_output_and_mlp(cfg: ModelConfig, x_BTD, attn_BTHD, p):
     return x_BTD + jnp.einsum("btf,fd->btd", mlp_BTF, p["w_down"].astype(dt))
 
 
+def constrain_rows(x_B):
+    """`x_B` with its rows split over the row axes of the mesh the caller traces under
+    (`jax.sharding.use_abstract_mesh`, as the jitted steps set it); unchanged without one.
+
+    Params are split over `fsdp` on their `embed` dim; left to itself the partitioner may meet
+    them by gathering every row of the batch onto each fsdp device (measured with tools/fit.py:
+    a micro-batch of 8 rows on 8 devices held all 8 rows' activations on each)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x_B
+    axes, size = [], 1
+    for axis in ROW_MESH_AXES:
+        if axis not in mesh.axis_names or x_B.shape[0] % (size * mesh.shape[axis]):
+            break
+        axes.append(axis)
+        size *= mesh.shape[axis]
+    if size == 1:
+        return x_B
+    return jax.lax.with_sharding_constraint(x_B, jax.sharding.PartitionSpec(tuple(axes)))
+
+
 def _run_layers(cfg, params, tokens_BT, positions_BT, attention_mask_BT):
     """Embedding, the scanned decoder blocks (rematerialised) and the final norm -> [B, T, D]."""
     dt = _dtype(cfg.compute_dtype)
@@ -335,7 +358,7 @@ def _run_layers(cfg, params, tokens_BT, positions_BT, attention_mask_BT):
             )
         return attention(q_BTHD, k_BTKD, v_BTKD, visible_BTS)
 
-    x_BTD = params["embed"].astype(dt)[tokens_BT]
+    x_BTD = constrain_rows(params["embed"].astype(dt)[tokens_BT])
     inv_freq = rope_frequencies(cfg)
 
     # Recompute each layer in the backward pass instead of keeping its attention activations
@@ -344,7 +367,7 @@ def _run_layers(cfg, params, tokens_BT, positions_BT, attention_mask_BT):
     def body(x_BTD, p):
         q_BTHD, k_BTKD, v_BTKD = attention_inputs(cfg, x_BTD, p, positions_BT, inv_freq)
         attn_BTHD = attend(q_BTHD, k_BTKD, v_BTKD)
-        return attention_output_and_mlp(cfg, x_BTD, attn_BTHD, p), None
+        return constrain_rows(attention_output_and_mlp(cfg, x_BTD, attn_BTHD, p)), None
 
     x_BTD, _ = jax.lax.scan(body, x_BTD, params["layers"])
     return rms_norm(x_BTD, params["final_norm"], cfg.norm_eps)

@@ -152,7 +152,9 @@ def score_memory(model_cfg, mesh, *, batch: int, seq: int, chunk_size: int):
     tokens = jax.ShapeDtypeStruct((batch, seq), jnp.int32, sharding=rows)
     mask = jax.ShapeDtypeStruct((batch, seq), jnp.bool_, sharding=rows)
     start = time.time()
-    compiled = steps.score_tokens.lower(cfg, params, tokens, mask, chunk_size=chunk_size).compile()
+    compiled = steps.score_tokens.lower(
+        cfg, params, tokens, mask, chunk_size=chunk_size, mesh=mesh
+    ).compile()
     return memory_of(compiled) | {"compile_s": round(time.time() - start, 1)}
 
 
