@@ -40,6 +40,7 @@ def blocked_attention(q_BTHD, k_BTKD, v_BTKD, attention_mask_BT, *, block: int) 
     B, T, H, Dh = q_BTHD.shape
     K = k_BTKD.shape[2]
     G = H // K  # query heads per kv head
+    block = min(block, T)  # a short row is one block, not padded up to `block`
     n = -(-T // block)
     T_pad = n * block
     q_NBCKGD = _pad_time(q_BTHD, T_pad).reshape(B, n, block, K, G, Dh).swapaxes(0, 1)
