@@ -2,6 +2,7 @@
 
     python benchmarks/fit_tables.py                 # every row (about 20 min on 2 CPU cores)
     python benchmarks/fit_tables.py --rows qwen3_8b,1gpu_qwen3_1.7b
+    python benchmarks/fit_tables.py --table paper --pairs qwen3_8b,one_gpu   # the paper's shapes
 
 Each row is one `python -m s2d_jax.tools.fit` run in its own process (the fake device count is
 fixed when jax starts), in the pipeline's precision: float32 master weights and AdamW moments,
@@ -61,12 +62,49 @@ ROWS = {
     ),
 }
 COMMON = "--seq 4096 --prompt_len 512 --dtype bfloat16"  # sampler rows = train rows
+# --table paper: each pair's stages at the paper's lengths (prompt 3,072 for GRPO, 2,048 for the
+# transfer stages, + 16,384 response tokens) and configs/paper.py's batches: GRPO 8 prompts x 8
+# in 8 micro-batches, 2a 512 teacher rollouts and 2b 64 prompts x 8 in 64; one row a device per
+# micro-batch, blocked attention (512 tokens). The GRPO stages also compile the reference's
+# scoring pass over the whole batch. Sampler left out (the continuous engine caps its KV cache).
+# slice -> (devices, mesh, HBM GiB per chip).
+SLICES = {
+    "8x H100 80GB": (8, "1,8,1", 80),
+    "1x H100 80GB": (1, "1,1,1", 80),
+    "TPU v5p-64 (32 chips, 95 GiB)": (32, "1,8,4", 95),
+}
+GRPO_SEQ, TRANSFER_SEQ = 3072 + 16384, 2048 + 16384
+PAPER_COMMON = "--dtype bfloat16 --attention_block 512 --skip_sampler"
+# name -> (slice, teacher, student, rows per micro-batch)
+PAIRS = {
+    "qwen3_8b": ("8x H100 80GB", "qwen3_8b", "qwen3_1.7b", 8),
+    "one_gpu": ("1x H100 80GB", "qwen3_1.7b", "qwen3_0.6b", 1),
+    "llama": ("TPU v5p-64 (32 chips, 95 GiB)", "llama3_70b", "llama3_8b", 8),
+}
 
 
-def measure(args: str) -> dict:
+def paper_rows(pair: str) -> dict:
+    """{stage label: fit arguments} of one pair at the paper's lengths."""
+    slice_name, teacher, student, rows = PAIRS[pair]
+    devices, mesh, hbm = SLICES[slice_name]
+    where = f"--devices {devices} --mesh {mesh} --hbm_gib {hbm} {PAPER_COMMON}"
+    grpo = f"--batch 64 --micro_batches {64 // rows} --seq {GRPO_SEQ} --kl_coef 5e-4"
+    grpo += " --score_batch 64"
+    kl = (
+        f"--batch 512 --micro_batches {512 // rows} --seq {TRANSFER_SEQ} --teacher_preset {teacher}"
+    )
+    return {
+        f"Stage 1 GRPO, {teacher}": f"--preset {teacher} {grpo} {where}",
+        f"2a forward KL, {student}": f"--preset {student} --objective forward_kl {kl} {where}",
+        f"2b on-policy KL, {student}": f"--preset {student} --objective reverse_kl {kl} {where}",
+        f"Stage 3 GRPO, {student}": f"--preset {student} {grpo} {where}",
+    }
+
+
+def measure(args: str, common: str = COMMON) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "fit.json"
-        cmd = [sys.executable, "-m", "s2d_jax.tools.fit", *args.split(), *COMMON.split()]
+        cmd = [sys.executable, "-m", "s2d_jax.tools.fit", *args.split(), *common.split()]
         cmd += ["--json", str(out)]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         return json.loads(out.read_text())
@@ -84,10 +122,38 @@ def row(label: str, report: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def paper_table(pairs: list[str]) -> None:
+    print(f"fit arguments common to every row: {PAPER_COMMON}")
+    print(
+        "| pair, slice | stage | train step total (of it: state + batch) | scoring pass | fits? |"
+    )
+    print("|---|---|---|---|---|")
+    for pair in pairs:
+        slice_name = PAIRS[pair][0]
+        hbm = SLICES[slice_name][2] * GIB
+        for stage, args in paper_rows(pair).items():
+            report = measure(args, "")
+            train = report["train_step"]
+            need = train["total"]
+            score = "-"
+            if "score" in report:  # the train state stays alive beside the scoring pass
+                need = max(need, report["score"]["total"] + train["arguments"])
+                score = f"{report['score']['total'] / GIB:.1f}"
+            cells = [f"{pair}, {slice_name}", stage]
+            cells += [f"{train['total'] / GIB:.1f} ({train['arguments'] / GIB:.1f})", score]
+            cells.append("yes" if need <= hbm else "no")
+            print("| " + " | ".join(cells) + " |", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated: {list(ROWS)}")
-    names = parser.parse_args(argv).rows.split(",")
+    parser.add_argument("--table", default="", choices=("", "paper"), help="paper: real shapes")
+    parser.add_argument("--pairs", default=",".join(PAIRS), help=f"--table paper: {list(PAIRS)}")
+    parsed = parser.parse_args(argv)
+    if parsed.table == "paper":
+        return paper_table(parsed.pairs.split(","))
+    names = parsed.rows.split(",")
     print(f"fit arguments common to every row: {COMMON}")
     print("| model, mesh | train step total | train step arguments | sampler prefill / decode |")
     print("|---|---|---|---|")

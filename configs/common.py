@@ -97,7 +97,14 @@ def arith_task(seed, num_demos=2000, num_rl=256, num_test=512, misconceived_fact
 ARITH_NEW_TOKENS = 48  # the longest toy solution is 40 tokens
 
 
-def model(preset="", hf_path="", dtype="float32", compute_dtype="", random_weights=False):
+def model(
+    preset="",
+    hf_path="",
+    dtype="float32",
+    compute_dtype="",
+    random_weights=False,
+    attention_block=0,
+):
     """One model role: a local Hugging Face checkpoint (`hf_path`), or a toy `preset` (fresh init).
 
     With both, the checkpoint must have the preset's dimensions (catches swapped paths).
@@ -105,6 +112,8 @@ def model(preset="", hf_path="", dtype="float32", compute_dtype="", random_weigh
     weights); `compute_dtype` ("" = dtype) is what the forward passes run in, bfloat16 on
     accelerators. `random_weights`: a random checkpoint of `preset` is written into the run
     directory and loaded from there (the laptop twin of a launch; s2d_jax/workflow/random_models.py).
+    `attention_block` > 0: the training and scoring forward attend in blocks of that many tokens
+    (s2d_jax/model/attention.py), never holding a [T, T] score array; 0 materialises the scores.
     """
     return ConfigDict(
         dict(
@@ -113,6 +122,7 @@ def model(preset="", hf_path="", dtype="float32", compute_dtype="", random_weigh
             dtype=dtype,
             compute_dtype=compute_dtype,
             random_weights=random_weights,
+            attention_block=attention_block,
         )
     )
 

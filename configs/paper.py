@@ -39,9 +39,10 @@ take the same number of updates per epoch. `--dry_run` prints each stage's updat
 `split_seed` picks the 1H / 2H split and stays fixed when `seed` (the training's) changes.
 Hardware: a TPU pod slice or GPUs (float32 master weights and AdamW state, bfloat16 compute).
 The Qwen3 pairs are laid out for 8 chips as (1, 8, 1) and Llama for 32 chips as (1, 8, 4); every
-stage's batch is split into micro-batches of one row a device. README "Will it fit?" gives the
-per-device memory at 4,096 tokens a row. At the paper's 16k-token responses the train step does
-not fit yet: attention materialises its scores. Runtime: days.
+stage's batch is split into micro-batches of one row a device, and attention runs in blocks of
+ATTENTION_BLOCK tokens. README "Will it fit?" gives the per-device memory of every stage at the
+paper's lengths (`python benchmarks/fit_tables.py --table paper`): the qwen3_8b pair fits 8 x 80 GB
+chips. Runtime: days.
 
 pair=tiny is the laptop twin of any arm: the same stage chain, losses and dtypes on random tiny
 Qwen3-shaped checkpoints (written into the workdir, one chat tokenizer), the shipped DAPO-layout
@@ -76,6 +77,9 @@ PAIR_TENSOR = {
     "one_gpu": 1,
     "tiny": 1,
 }
+# Training and scoring forwards attend in blocks of this many tokens (s2d_jax/model/attention.py):
+# the dense path's [H, T, T] float32 scores of one 19,456-token Qwen3-8B row are 45 GiB a layer.
+ATTENTION_BLOCK = 512
 # Rows of one micro-batch: one row a device over data x fsdp (8 on the slices above), so a step's
 # activations are one row's whatever the stage's batch; a stage accumulates rows / 8 of them.
 MICRO_BATCH_ROWS = 8
@@ -139,7 +143,12 @@ def get_config(arg=None):
         "math_train", "chat", train_path=data_path, train_columns="dapo", split_seed=arg.split_seed
     )
     # Float32 master weights for every role (each is trained by some arm), bfloat16 compute.
-    dtype = dict(dtype="float32", compute_dtype="bfloat16", random_weights=tiny)
+    dtype = dict(
+        dtype="float32",
+        compute_dtype="bfloat16",
+        random_weights=tiny,
+        attention_block=ATTENTION_BLOCK,
+    )
     config.models = common.ConfigDict(
         dict(
             teacher=common.model(preset=teacher_preset, hf_path=arg.teacher_path, **dtype),

@@ -198,3 +198,30 @@ def test_fit_refuses_a_running_jax_with_other_device_count():
 
     with pytest.raises(RuntimeError, match="--devices 3"):
         fit._use_fake_cpu_devices(3)  # conftest already started jax with 8 devices
+
+
+@pytest.mark.slow  # three compiles: 4.5 min on 2 shared cores beside another compile
+def test_fit_blocked_attention_and_micro_batches_lower_the_train_step():
+    """At a long row the dense path's [H, T, T] scores dominate the temporaries; blocked attention
+    removes them. Micro-batches hold one part of the batch's activations at a time."""
+    import dataclasses
+
+    import jax
+
+    from s2d_jax.distributed import sharding as sh
+    from s2d_jax.model import decoder
+    from s2d_jax.tools import fit
+
+    mesh = sh.make_mesh(sh.MeshConfig(1, 2, 1), jax.devices()[:2])
+    args = fit.parse_args(["--preset", "toy_tiny"])
+    dense = decoder.ModelConfig.preset("toy_tiny")
+    blocked = dataclasses.replace(dense, attention_block=128)
+
+    def temps(cfg, micro_batches):
+        step_cfg = dataclasses.replace(fit._step_config(args), micro_batches=micro_batches)
+        m = fit.train_step_memory(cfg, mesh, batch=8, seq=1024, step_cfg=step_cfg)
+        return m["temps"]
+
+    scores_per_device = 4 * 4 * 1024 * 1024 * 4  # 4 rows x 4 heads x T x T float32
+    assert temps(dense, 1) - temps(blocked, 1) > scores_per_device / 2
+    assert temps(blocked, 4) < temps(blocked, 1) / 2

@@ -27,7 +27,7 @@ from s2d_jax.model import cached_forward, decoder
 AXES = ("data", "fsdp", "tensor")
 # Rows of a batch are split over both (FSDP is data parallelism too). The sampler splits its rows
 # the same way, so fsdp shards sample other rows instead of repeating the data shards' work.
-BATCH_AXES = ("data", "fsdp")
+BATCH_AXES = decoder.ROW_MESH_AXES
 
 MeshAxis = str | tuple[str, ...] | None
 Rules = tuple[tuple[str, MeshAxis], ...]

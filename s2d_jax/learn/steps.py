@@ -21,6 +21,7 @@ the whole batch (the objectives go through `kl_chunked`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any
@@ -264,19 +265,44 @@ def jit_train_step(
                 "jit_train_step: give a sharding for every argument of the step, or none"
             )
         kwargs |= {"in_shardings": in_shardings, "out_shardings": (state_sharding, None)}
+        fn = _under_mesh(fn, batch_sharding.mesh)
     return jax.jit(fn, donate_argnames=("state",), **kwargs)
+
+
+def _mesh_context(mesh):
+    """Trace under `mesh` (None: no mesh), so the decoder keeps activation rows split over it
+    (`decoder.constrain_rows`)."""
+    if mesh is None:
+        return contextlib.nullcontext()
+    return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+
+
+def _under_mesh(fn, mesh):
+    """`fn` traced under `mesh`; it keeps its signature for jit's donate_argnames."""
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with _mesh_context(mesh):
+            return fn(*args, **kwargs)
+
+    return traced
 
 
 # ----------------------------------------------------------------------------- frozen models
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "chunk_size"))
-def score_tokens(cfg: decoder.ModelConfig, params, tokens, attention_mask, *, chunk_size: int):
+@functools.partial(jax.jit, static_argnames=("cfg", "chunk_size", "mesh"))
+def score_tokens(
+    cfg: decoder.ModelConfig, params, tokens, attention_mask, *, chunk_size: int, mesh=None
+):
     """Log-prob [B, T-1] float32 of tokens[:, 1:] under a frozen model; tokens/mask [B, T].
 
     No gradient; runs where params and tokens live (sharded inputs give a sharded computation).
+    `mesh` (that of the sharded inputs): activations keep their rows split over it.
     """
-    hidden_BTD, w_DV = _hidden(cfg, params, {"tokens": tokens, "attention_mask": attention_mask})
+    batch = {"tokens": tokens, "attention_mask": attention_mask}
+    with _mesh_context(mesh):
+        hidden_BTD, w_DV = _hidden(cfg, params, batch)
     # No gradient flows, so the backward pass's vocabulary slicing does not matter.
     logprobs_BT = kl_chunked.token_logprobs_chunked(
         hidden_BTD, w_DV, tokens[:, 1:], chunk_size=chunk_size, vocab_chunk=0

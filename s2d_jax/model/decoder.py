@@ -22,9 +22,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from s2d_jax.model import attention as blocked
 from s2d_jax.model.presets import PRESETS
 
 Params = dict[str, Any]
+# Mesh axes that split a batch's rows (distributed/sharding.py BATCH_AXES reads it from here).
+ROW_MESH_AXES = ("data", "fsdp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +52,10 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     family: str = "qwen3"  # "qwen3" | "llama": which HF architecture `hf_io.save_hf` writes.
+    # Training / scoring forward: 0 materialises the [B, H, T, T] scores (`attention`); > 0 runs
+    # `attention.blocked_attention` over blocks of this many tokens (long rows). The sampler's
+    # cached forward is unaffected.
+    attention_block: int = 0
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
@@ -57,6 +64,8 @@ class ModelConfig:
             )
         if self.family not in ("qwen3", "llama"):
             raise ValueError(f"family must be 'qwen3' or 'llama', got {self.family!r}")
+        if self.attention_block < 0:
+            raise ValueError(f"attention_block must be >= 0, got {self.attention_block}")
         for field in ("param_dtype", "compute_dtype"):
             if getattr(self, field) not in ("float32", "bfloat16"):
                 raise ValueError(
@@ -316,10 +325,40 @@ def attention_output_and_mlp(cfg: ModelConfig, x_BTD, attn_BTHD, p):
     return x_BTD + jnp.einsum("btf,fd->btd", mlp_BTF, p["w_down"].astype(dt))
 
 
-def _run_layers(cfg, params, tokens_BT, positions_BT, visible_BTS):
+def constrain_rows(x_B):
+    """`x_B` with its rows split over the row axes of the mesh the caller traces under
+    (`jax.sharding.use_abstract_mesh`, as the jitted steps set it); unchanged without one.
+
+    Params are split over `fsdp` on their `embed` dim; left to itself the partitioner may meet
+    them by gathering every row of the batch onto each fsdp device (measured with tools/fit.py:
+    a micro-batch of 8 rows on 8 devices held all 8 rows' activations on each)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x_B
+    axes, size = [], 1
+    for axis in ROW_MESH_AXES:
+        if axis not in mesh.axis_names or x_B.shape[0] % (size * mesh.shape[axis]):
+            break
+        axes.append(axis)
+        size *= mesh.shape[axis]
+    if size == 1:
+        return x_B
+    return jax.lax.with_sharding_constraint(x_B, jax.sharding.PartitionSpec(tuple(axes)))
+
+
+def _run_layers(cfg, params, tokens_BT, positions_BT, attention_mask_BT):
     """Embedding, the scanned decoder blocks (rematerialised) and the final norm -> [B, T, D]."""
     dt = _dtype(cfg.compute_dtype)
-    x_BTD = params["embed"].astype(dt)[tokens_BT]
+    visible_BTS = None if cfg.attention_block else _causal_visible(attention_mask_BT)
+
+    def attend(q_BTHD, k_BTKD, v_BTKD):
+        if cfg.attention_block:
+            return blocked.blocked_attention(
+                q_BTHD, k_BTKD, v_BTKD, attention_mask_BT, block=cfg.attention_block
+            )
+        return attention(q_BTHD, k_BTKD, v_BTKD, visible_BTS)
+
+    x_BTD = constrain_rows(params["embed"].astype(dt)[tokens_BT])
     inv_freq = rope_frequencies(cfg)
 
     # Recompute each layer in the backward pass instead of keeping its attention activations
@@ -327,8 +366,8 @@ def _run_layers(cfg, params, tokens_BT, positions_BT, visible_BTS):
     @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
     def body(x_BTD, p):
         q_BTHD, k_BTKD, v_BTKD = attention_inputs(cfg, x_BTD, p, positions_BT, inv_freq)
-        attn_BTHD = attention(q_BTHD, k_BTKD, v_BTKD, visible_BTS)
-        return attention_output_and_mlp(cfg, x_BTD, attn_BTHD, p), None
+        attn_BTHD = attend(q_BTHD, k_BTKD, v_BTKD)
+        return constrain_rows(attention_output_and_mlp(cfg, x_BTD, attn_BTHD, p)), None
 
     x_BTD, _ = jax.lax.scan(body, x_BTD, params["layers"])
     return rms_norm(x_BTD, params["final_norm"], cfg.norm_eps)
@@ -354,7 +393,7 @@ def _causal_visible(attention_mask_BT: jax.Array) -> jax.Array:
 def forward_hidden(cfg: ModelConfig, params: Params, tokens: jax.Array, attention_mask: jax.Array):
     """Final-normed hidden states [B, T, D] (compute dtype) for tokens [B, T] and mask [B, T]."""
     positions_BT = positions_from_mask(attention_mask)
-    return _run_layers(cfg, params, tokens, positions_BT, _causal_visible(attention_mask))
+    return _run_layers(cfg, params, tokens, positions_BT, attention_mask)
 
 
 def forward(cfg: ModelConfig, params: Params, tokens: jax.Array, attention_mask: jax.Array):

@@ -10,17 +10,23 @@ compiled (`jax.jit(...).lower(...).compile()`) for `--devices` fake CPU devices 
 arguments, outputs, the part of them aliased (donated train or decode state), temporaries, and
 total = arguments + outputs - aliased + temporaries.
 
-Three programs are compiled: the train step (`steps.jit_train_step`, TRAIN_RULES, state
-donated: float32 master weights and AdamW moments, compute in `--dtype`; `--objective` picks the
-loss, the distillation ones also take `--teacher_preset`'s frozen params, stored in `--dtype`),
-then the sampler's prefill and its decode loop (reported as `decode_step`: every step runs in
-the same donated buffers), the very jitted functions `sampler.generate(engine="static")` runs
-(`phases.prefill_jit`, `phases.decode_loop_jit`), on per-layer weights under SAMPLE_RULES as the
-pipeline samples: `--batch` rows of `--seq` cache slots. The default, continuous engine holds at
-most its `kv_budget_bytes` of KV cache per device whatever the rows (rollout/engine.py), so for
-it the static figure of a batch that fits the budget is an upper bound. A stage that trains while it samples (GRPO, on-policy KL) also holds its train
-state: add the train step's arguments. The sampler reads its own copy of the weights in
-`--dtype`.
+The programs: the train step (`steps.jit_train_step`, TRAIN_RULES, state donated: float32
+master weights and AdamW moments, compute in `--dtype`; `--objective` picks the loss, the
+distillation ones also take `--teacher_preset`'s frozen params, stored in `--dtype`, and run the
+teacher's forward inside the step). It accumulates `--batch` rows in `--micro_batches` parts
+(a scan), so its temporaries are one micro-batch's. `--attention_block` sets
+`ModelConfig.attention_block` for every training and scoring forward (0: the [T, T] scores are
+materialised; > 0: `model/attention.py`'s blocked attention). With `--score_batch`, the frozen
+scoring pass (`steps.score_tokens`: a GRPO stage's reference log-probs over the whole batch at
+once) on params in `--dtype`. Then the sampler's prefill and its decode loop (reported as
+`decode_step`: every step runs in the same donated buffers), the very jitted functions
+`sampler.generate(engine="static")` runs (`phases.prefill_jit`, `phases.decode_loop_jit`), on
+per-layer weights under SAMPLE_RULES as the pipeline samples: `--sample_batch` rows of `--seq`
+cache slots. The default, continuous engine holds at most its `kv_budget_bytes` of KV cache per
+device whatever the rows (rollout/engine.py), so for it the static figure of a batch that fits
+the budget is an upper bound. A stage that trains while it samples (GRPO, on-policy KL) also
+holds its train state: add the train step's arguments. The sampler reads its own copy of the
+weights in `--dtype`. `--skip_train` / `--skip_sampler` leave a program out.
 
 These are estimates for TPU/GPU: the CPU compiler makes its own fusion, layout and scheduling
 choices, so treat temporaries as approximate (about +-30%); arguments and outputs (params,
@@ -127,6 +133,31 @@ def train_step_memory(model_cfg, mesh, *, batch: int, seq: int, step_cfg, teache
     return memory_of(compiled) | {"compile_s": round(time.time() - start, 1)}
 
 
+def score_memory(model_cfg, mesh, *, batch: int, seq: int, chunk_size: int):
+    """Compile `steps.score_tokens` (a frozen model's log-probs of [batch, seq] rows: the GRPO
+    reference's and a tempered sampler's old log-probs) on params in the compute dtype, as
+    `stages.frozen_copy` holds them, rows over data x fsdp as `batches.score` puts them."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from s2d_jax.distributed import sharding as sh
+    from s2d_jax.learn import steps
+    from s2d_jax.model import decoder
+
+    cfg = dataclasses.replace(model_cfg, param_dtype=model_cfg.compute_dtype)
+    params = _abstract(decoder.abstract_params(cfg), sh.param_shardings(mesh, cfg))
+    rows = sh.rows_sharding(mesh, batch)
+    tokens = jax.ShapeDtypeStruct((batch, seq), jnp.int32, sharding=rows)
+    mask = jax.ShapeDtypeStruct((batch, seq), jnp.bool_, sharding=rows)
+    start = time.time()
+    compiled = steps.score_tokens.lower(
+        cfg, params, tokens, mask, chunk_size=chunk_size, mesh=mesh
+    ).compile()
+    return memory_of(compiled) | {"compile_s": round(time.time() - start, 1)}
+
+
 def sampler_memory(model_cfg, mesh, *, batch: int, prompt_len: int, cache_len: int):
     """Compile the sampler's own jitted phases, `phases.prefill_jit` ([batch, prompt_len] prompt
     slots, cache_len slots in all) and `phases.decode_loop_jit`; per-device bytes of each.
@@ -203,34 +234,39 @@ def _step_config(args):
 
 
 def _compile_all(args, dtype: str, mesh) -> dict:
-    """{program: per-device bytes} for the train step and (unless skipped) the sampler."""
+    """{program: per-device bytes} for the train step, the scoring pass and the sampler (those
+    the flags ask for)."""
     from s2d_jax.learn import objectives
     from s2d_jax.model import decoder
 
     layers = {"n_layers": args.layers} if args.layers else {}
+    attention = {"attention_block": args.attention_block}
     # As the pipeline holds them: the trained model's float32 masters (and AdamW state), compute
     # in `dtype`; a frozen teacher stored in `dtype`.
     model_cfg = decoder.ModelConfig.preset(
-        args.preset, param_dtype="float32", compute_dtype=dtype, **layers
+        args.preset, param_dtype="float32", compute_dtype=dtype, **layers, **attention
     )
     teacher_cfg = None
     if objectives.OBJECTIVES[args.objective].needs_teacher:
         if not args.teacher_preset:
             raise SystemExit(f"--objective {args.objective} needs --teacher_preset")
         teacher_cfg = decoder.ModelConfig.preset(
-            args.teacher_preset, param_dtype=dtype, compute_dtype=dtype
+            args.teacher_preset, param_dtype=dtype, compute_dtype=dtype, **attention
         )
-    step_cfg = _step_config(args)
-    out = {
-        "train_step": train_step_memory(
+    out = {}
+    if not args.skip_train:
+        out["train_step"] = train_step_memory(
             model_cfg,
             mesh,
             batch=args.batch,
             seq=args.seq,
-            step_cfg=step_cfg,
+            step_cfg=_step_config(args),
             teacher_cfg=teacher_cfg,
         )
-    }
+    if args.score_batch:
+        out["score"] = score_memory(
+            model_cfg, mesh, batch=args.score_batch, seq=args.seq, chunk_size=args.chunk_size
+        )
     if not args.skip_sampler:
         batch = args.sample_batch or args.batch
         out |= sampler_memory(
@@ -285,8 +321,11 @@ def format_report(report: dict, args: argparse.Namespace) -> str:
         f"{report['preset']}: {report['params'] / 1e6:,.1f} M params in {report['dtype']}, "
         f"mesh ({mesh}) on {report['devices']}; per-device GiB, budget {report['hbm_gib']}",
     ]
+    rows = args.batch // args.micro_batches
     titles = {
-        "train_step": f"train step ({args.objective}, batch {args.batch} x {args.seq})",
+        "train_step": f"train step ({args.objective}, batch {args.batch} x {args.seq}, "
+        f"{args.micro_batches} micro-batches of {rows})",
+        "score": f"frozen scoring forward (batch {args.score_batch} x {args.seq})",
         "prefill": f"sampler prefill (batch {args.sample_batch or args.batch}, "
         f"prompt {args.prompt_len}, cache {args.seq})",
         "decode_step": "sampler decode loop (the buffers of one step)",
@@ -320,7 +359,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--objective", default="grpo", help="a key of learn/objectives.py OBJECTIVES"
     )
     parser.add_argument("--teacher_preset", default="", help="for distillation objectives")
-    parser.add_argument("--micro_batches", type=int, default=1)
+    parser.add_argument(
+        "--micro_batches", type=int, default=1, help="the step accumulates --batch in this many"
+    )
+    parser.add_argument(
+        "--attention_block", type=int, default=0, help="ModelConfig.attention_block (0: dense)"
+    )
+    parser.add_argument(
+        "--score_batch", type=int, default=0, help="rows of the frozen scoring pass (0: none)"
+    )
     parser.add_argument("--kl_coef", type=float, default=0.0, help=">0 adds ref log-probs")
     parser.add_argument("--chunk_size", type=int, default=512, help="as a stage's chunk_size")
     parser.add_argument("--vocab_chunk", type=int, default=8192, help="as a stage's vocab_chunk")
@@ -329,6 +376,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--hbm_gib", type=float, default=80.0, help="per-device memory budget")
     parser.add_argument("--platform", default="cpu", choices=("cpu",), help="compile target")
     parser.add_argument("--skip_sampler", action="store_true")
+    parser.add_argument("--skip_train", action="store_true")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args(argv)
     try:

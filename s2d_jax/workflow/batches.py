@@ -133,4 +133,6 @@ def sample(ctx: RunContext, cfg, params, prompts, sampling, seed: int, num_sampl
 def score(ctx: RunContext, cfg, params, batch, chunk_size: int) -> np.ndarray:
     """Log-probs [B, T-1] of a host batch's tokens under frozen `params` (rows over the mesh)."""
     tokens, mask = placement.put_rows(ctx.mesh, (batch["tokens"], batch["attention_mask"]))
-    return placement.to_host(steps.score_tokens(cfg, params, tokens, mask, chunk_size=chunk_size))
+    return placement.to_host(
+        steps.score_tokens(cfg, params, tokens, mask, chunk_size=chunk_size, mesh=ctx.mesh)
+    )

@@ -27,6 +27,7 @@ class ModelSpec:
     dtype: str  # dtype of the params as loaded: float32 masters if any stage trains the role
     compute_dtype: str  # "" = same as dtype; frozen copies (teacher, GRPO reference) use it
     random_weights: bool  # write a random HF checkpoint of `preset` and load it (random_models.py)
+    attention_block: int  # > 0: blocked attention in the train / scoring forward (0: dense)
 
 
 def parse_models(config) -> dict[str, ModelSpec]:
@@ -86,15 +87,19 @@ def model_config(
 ) -> decoder.ModelConfig:
     """A role's architecture, built one way for every source: the config.json of
     `checkpoint_dir` (an HF directory given as init_from / teacher) or of the role's hf_path,
-    or else its toy preset sized to the task's tokenizer (`vocab_size`). The role's dtypes apply
-    either way, and a checkpoint must match the role's preset's dimensions when one is given."""
-    dtypes = dict(param_dtype=spec.dtype, compute_dtype=spec.compute_dtype or spec.dtype)
+    or else its toy preset sized to the task's tokenizer (`vocab_size`). The role's dtypes and attention
+    apply either way, and a checkpoint must match the role's preset's dimensions when one is given."""
+    role_fields = dict(
+        param_dtype=spec.dtype,
+        compute_dtype=spec.compute_dtype or spec.dtype,
+        attention_block=spec.attention_block,
+    )
     path = checkpoint_dir or spec.hf_path
     if not path:
-        return decoder.ModelConfig.preset(spec.preset, vocab_size=vocab_size, **dtypes)
-    cfg = decoder.ModelConfig.from_hf_config(hf_io.read_hf_config(path), **dtypes)
+        return decoder.ModelConfig.preset(spec.preset, vocab_size=vocab_size, **role_fields)
+    cfg = decoder.ModelConfig.from_hf_config(hf_io.read_hf_config(path), **role_fields)
     if spec.preset:
-        expected = decoder.ModelConfig.preset(spec.preset, **dtypes)
+        expected = decoder.ModelConfig.preset(spec.preset, **role_fields)
         differ = _differing_fields(cfg, expected, ignore=("max_seq_len",))
         if differ:
             where = checkpoint_dir or f"config.models.{spec.role}.hf_path = {spec.hf_path}"

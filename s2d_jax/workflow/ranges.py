@@ -70,6 +70,7 @@ RANGES = {
         format_reward=_between(0, 1),
     ),
     "StopConfig": dict(accuracy=_between(0, 1), every=_at_least(1), holdout=_at_least(0)),
+    "ModelSpec": dict(attention_block=_at_least(0)),
     "ProbeConfig": dict(prompts=_at_least(1), samples=_at_least(1), chunk_size=_at_least(1)),
     "GraderConfig": dict(workers=_at_least(1), timeout_s=_above(0)),
     "EvalConfig": dict(
