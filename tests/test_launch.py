@@ -163,7 +163,7 @@ def test_fit_command_reports_per_device_memory(tmp_path, dtype):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "train step (grpo, batch 4 x 32)" in result.stdout and "fits" in result.stdout
+    assert "train step (grpo, batch 4 x 32" in result.stdout and "fits" in result.stdout
     report = json.loads(out.read_text())
     assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2}
 

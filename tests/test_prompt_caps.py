@@ -46,6 +46,7 @@ def test_batches_draw_only_the_kept_prompts_and_epochs_follow_the_kept_pool(tmp_
     task = _task(config, tmp_path)
     cap, kept = _median_cap(task, "demos")
     config.stages.student_sft.update(steps=0, epochs=2, max_prompt_tokens=cap)
+    config.stages.student_sft.stop.accuracy = 0.0  # no held-out demos: the cap alone decides
     stage = config_lib.parse_stage("student_sft", config.stages.student_sft)
     ctx = RunContext(tmp_path, 0, "skip", task, {}, None, None, None)
     seen = []

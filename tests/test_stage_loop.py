@@ -235,24 +235,25 @@ def test_repaired_rows_name_lost_steps(tmp_path, caplog):
 # --- early stop
 
 
-def _stop_when_w_reaches(threshold, calls=None):
-    """should_stop: stop once w (the running sum of the steps' x) reaches `threshold`."""
+def _stop_when_w_reaches(threshold, calls=None, every=2):
+    """periodic: every `every` steps, stop once w (the running sum of the steps' x) reaches
+    `threshold`."""
 
-    def should_stop(params):
+    def periodic(params, step):
+        if step % every:
+            return {}, False
         w = float(params["w"][0])
         if calls is not None:
             calls.append(w)
-        return w >= threshold, {"stop/w": w}
+        return {"stop/w": w}, w >= threshold
 
-    return should_stop
+    return periodic
 
 
 def test_early_stop_ends_at_the_first_passing_check(tmp_path):
     calls = []
     # w after step s is s(s+1)/2: checks at steps 2, 4, 6 see 3, 10, 21; 10 passes.
-    state, _ = _run(
-        tmp_path, total=12, save_every=5, should_stop=_stop_when_w_reaches(8, calls), stop_every=2
-    )
+    state, _ = _run(tmp_path, total=12, save_every=5, periodic=_stop_when_w_reaches(8, calls))
     assert int(state.step) == 4 and float(state.params["w"][0]) == _expected_w(4)
     assert calls == [3.0, 10.0]
     rows = _rows(tmp_path)
@@ -264,17 +265,17 @@ def test_early_stop_ends_at_the_first_passing_check(tmp_path):
 
 
 def test_a_stopped_stage_resumes_to_its_stopped_state(tmp_path):
-    stop = dict(should_stop=_stop_when_w_reaches(8), stop_every=2)
+    stop = dict(periodic=_stop_when_w_reaches(8))
     first, _ = _run(tmp_path, total=12, **stop)
     calls = []
-    again, last = _run(tmp_path, total=12, should_stop=_stop_when_w_reaches(8, calls), stop_every=2)
+    again, last = _run(tmp_path, total=12, periodic=_stop_when_w_reaches(8, calls))
     assert int(again.step) == 4 and last == {} and calls == []  # no step, no check
     np.testing.assert_array_equal(again.params["w"], first.params["w"])
     assert [r["step"] for r in _rows(tmp_path)] == [1, 2, 3, 4]
 
 
 def test_a_killed_stage_with_an_early_stop_resumes_to_the_same_stop(tmp_path):
-    stop = dict(should_stop=_stop_when_w_reaches(20), stop_every=2)  # checks see 3, 10, 21
+    stop = dict(periodic=_stop_when_w_reaches(20))  # checks see 3, 10, 21
     straight, _ = _run(tmp_path / "straight", total=12, **stop)
     with pytest.raises(Killed):
         _run(tmp_path / "run", total=12, kill_at=4, save_every=2, **stop)

@@ -29,6 +29,31 @@ def _pad_time(x, T_pad: int):
     return jnp.pad(x, [(0, 0), (0, T_pad - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
 
 
+def _tile(carry, q_BCKGD, i, key, *, block: int, scale: float):
+    """Fold key block j into query block i's running (max, normaliser, weighted sum)."""
+    offsets_C = jnp.arange(block)
+    max_BKGC, norm_BKGC, acc_BCKGD = carry
+    k_BCKD, v_BCKD, mask_BC, j = key
+    scores_BKGCS = jnp.einsum(
+        "bckgd,bskd->bkgcs", q_BCKGD, k_BCKD, preferred_element_type=jnp.float32
+    )
+    causal_CS = (i * block + offsets_C)[:, None] >= (j * block + offsets_C)[None, :]
+    visible_B11CS = (causal_CS[None] & mask_BC[:, None, :])[:, None, None]
+    scores_BKGCS = jnp.where(visible_B11CS, scores_BKGCS * scale, _NO_SCORE)
+    new_max_BKGC = jnp.maximum(max_BKGC, scores_BKGCS.max(-1))
+    rescale_BKGC = jnp.exp(max_BKGC - new_max_BKGC)
+    probs_BKGCS = jnp.exp(scores_BKGCS - new_max_BKGC[..., None])
+    norm_BKGC = norm_BKGC * rescale_BKGC + probs_BKGCS.sum(-1)
+    weighted_BCKGD = jnp.einsum(
+        "bkgcs,bskd->bckgd",
+        probs_BKGCS.astype(v_BCKD.dtype),
+        v_BCKD,
+        preferred_element_type=jnp.float32,
+    )
+    acc_BCKGD = acc_BCKGD * jnp.moveaxis(rescale_BKGC, -1, 1)[..., None] + weighted_BCKGD
+    return new_max_BKGC, norm_BKGC, acc_BCKGD
+
+
 def blocked_attention(q_BTHD, k_BTKD, v_BTKD, attention_mask_BT, *, block: int) -> jax.Array:
     """Causal grouped-query attention over real keys, [B, T, H, Dh] in q's dtype.
 
@@ -47,31 +72,7 @@ def blocked_attention(q_BTHD, k_BTKD, v_BTKD, attention_mask_BT, *, block: int) 
     k_NBCKD = _pad_time(k_BTKD, T_pad).reshape(B, n, block, K, Dh).swapaxes(0, 1)
     v_NBCKD = _pad_time(v_BTKD, T_pad).reshape(B, n, block, K, Dh).swapaxes(0, 1)
     mask_NBC = _pad_time(attention_mask_BT.astype(bool), T_pad).reshape(B, n, block).swapaxes(0, 1)
-    scale = 1.0 / math.sqrt(Dh)
-    offsets_C = jnp.arange(block)
-
-    def tile(carry, q_BCKGD, i, key):
-        """Fold key block j into query block i's running (max, normaliser, weighted sum)."""
-        max_BKGC, norm_BKGC, acc_BCKGD = carry
-        k_BCKD, v_BCKD, mask_BC, j = key
-        scores_BKGCS = jnp.einsum(
-            "bckgd,bskd->bkgcs", q_BCKGD, k_BCKD, preferred_element_type=jnp.float32
-        )
-        causal_CS = (i * block + offsets_C)[:, None] >= (j * block + offsets_C)[None, :]
-        visible_B11CS = (causal_CS[None] & mask_BC[:, None, :])[:, None, None]
-        scores_BKGCS = jnp.where(visible_B11CS, scores_BKGCS * scale, _NO_SCORE)
-        new_max_BKGC = jnp.maximum(max_BKGC, scores_BKGCS.max(-1))
-        rescale_BKGC = jnp.exp(max_BKGC - new_max_BKGC)
-        probs_BKGCS = jnp.exp(scores_BKGCS - new_max_BKGC[..., None])
-        norm_BKGC = norm_BKGC * rescale_BKGC + probs_BKGCS.sum(-1)
-        weighted_BCKGD = jnp.einsum(
-            "bkgcs,bskd->bckgd",
-            probs_BKGCS.astype(v_BCKD.dtype),
-            v_BCKD,
-            preferred_element_type=jnp.float32,
-        )
-        acc_BCKGD = acc_BCKGD * jnp.moveaxis(rescale_BKGC, -1, 1)[..., None] + weighted_BCKGD
-        return new_max_BKGC, norm_BKGC, acc_BCKGD
+    tile = functools.partial(_tile, block=block, scale=1.0 / math.sqrt(Dh))
 
     @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
     def query_block(q_BCKGD, i):

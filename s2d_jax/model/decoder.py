@@ -26,8 +26,7 @@ from s2d_jax.model import attention as blocked
 from s2d_jax.model.presets import PRESETS
 
 Params = dict[str, Any]
-# Mesh axes that split a batch's rows (distributed/sharding.py BATCH_AXES reads it from here).
-ROW_MESH_AXES = ("data", "fsdp")
+ROW_MESH_AXES = ("data", "fsdp")  # split a batch's rows (sharding.BATCH_AXES reads it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +51,8 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     family: str = "qwen3"  # "qwen3" | "llama": which HF architecture `hf_io.save_hf` writes.
-    # Training / scoring forward: 0 materialises the [B, H, T, T] scores (`attention`); > 0 runs
-    # `attention.blocked_attention` over blocks of this many tokens (long rows). The sampler's
-    # cached forward is unaffected.
+    # Training / scoring forward: 0 materialises [B, H, T, T] scores (`attention`); > 0 runs
+    # `attention.blocked_attention` over blocks of this many tokens. Not the sampler's.
     attention_block: int = 0
 
     def __post_init__(self):
@@ -326,12 +324,9 @@ def attention_output_and_mlp(cfg: ModelConfig, x_BTD, attn_BTHD, p):
 
 
 def constrain_rows(x_B):
-    """`x_B` with its rows split over the row axes of the mesh the caller traces under
-    (`jax.sharding.use_abstract_mesh`, as the jitted steps set it); unchanged without one.
-
-    Params are split over `fsdp` on their `embed` dim; left to itself the partitioner may meet
-    them by gathering every row of the batch onto each fsdp device (measured with tools/fit.py:
-    a micro-batch of 8 rows on 8 devices held all 8 rows' activations on each)."""
+    """`x_B` with its rows split over the row axes of the mesh traced under (the jitted steps
+    set it), else unchanged: left to itself the partitioner may meet fsdp-split params by
+    gathering every row of a micro-batch onto each fsdp device (tools/fit.py shows it)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x_B

@@ -28,12 +28,10 @@ the budget is an upper bound. A stage that trains while it samples (GRPO, on-pol
 holds its train state: add the train step's arguments. The sampler reads its own copy of the
 weights in `--dtype`. `--skip_train` / `--skip_sampler` leave a program out.
 
-These are estimates for TPU/GPU: the CPU compiler makes its own fusion, layout and scheduling
-choices, so treat temporaries as approximate (about +-30%); arguments and outputs (params,
-optimizer state, KV cache) are exact. For bfloat16, temporaries are the smaller of a bfloat16 and
-a float32 compile's (see `fit_report`: each over-estimates an accelerator in its own way).
-jax can compile for a TPU or GPU topology it is not running on only with that platform's
-compiler plugin installed (libtpu / jax-cuda); this tool uses fake CPU devices instead.
+Estimates for TPU/GPU: the CPU compiler makes its own fusion, layout and scheduling choices, so
+temporaries are approximate (about +-30%); arguments and outputs (params, optimizer state, KV
+cache) are exact. For bfloat16, temporaries are the smaller of a bfloat16 and a float32 compile's
+(`fit_report`). Compiling for a TPU/GPU topology needs that platform's plugin (libtpu / jax-cuda).
 """
 
 from __future__ import annotations

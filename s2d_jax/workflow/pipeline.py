@@ -173,19 +173,7 @@ def run_stage(ctx: RunContext, stage: StageConfig, stage_dir: Path) -> dict:
 
 
 def _train(ctx: RunContext, stage: StageConfig, stage_dir, cfg, state, make_batch, update, total):
-    """The stage's training loop (resumable), with its periodic evaluation."""
-
-    def periodic_eval(params, step):
-        return evaluation.evaluate_policy(ctx, cfg, params, stage_dir, f"step{step}")
-
-    should_stop = None
-    if stage.stop.accuracy:
-        holdout_accuracy = stages.holdout_accuracy(ctx, stage, cfg)
-
-        def should_stop(params):
-            values = holdout_accuracy(params)
-            return values["stop/holdout_accuracy"] >= stage.stop.accuracy, values
-
+    """The stage's training loop (resumable), with its periodic evaluation and early stop."""
     state, _ = stage_loop.run_loop(
         stage_dir=stage_dir,
         state=state,
@@ -193,16 +181,30 @@ def _train(ctx: RunContext, stage: StageConfig, stage_dir, cfg, state, make_batc
         save_every=stage.save_every,
         make_batch=make_batch,
         update=update,
-        evaluate=periodic_eval,
-        eval_every=stage.eval_every,
-        should_stop=should_stop,
-        stop_every=stage.stop.every,
+        periodic=periodic_checks(ctx, stage, stage_dir, cfg),
         nan_policy=ctx.nan_policy,
         max_skipped_frac=stage.max_skipped_frac,
         max_consecutive_skips=stage.max_consecutive_skips,
         desc=stage.name,
     )
     return state
+
+
+def periodic_checks(ctx: RunContext, stage: StageConfig, stage_dir: Path, cfg):
+    """`(params, step) -> (metrics, stop)` after each update: the evaluation every `eval_every`
+    steps, and an early stop's held-out check every `stop.every`."""
+    held_out = stages.holdout_accuracy(ctx, stage, cfg) if stage.stop.accuracy else None
+
+    def checks(params, step):
+        values, stop = {}, False
+        if stage.eval_every and step % stage.eval_every == 0:
+            values |= evaluation.evaluate_policy(ctx, cfg, params, stage_dir, f"step{step}")
+        if held_out is not None and step % stage.stop.every == 0:
+            values |= held_out(params)
+            stop = values["stop/holdout_accuracy"] >= stage.stop.accuracy
+        return values, stop
+
+    return checks
 
 
 def export_hf(ctx: RunContext, stage_cfgs, name: str, out: Path) -> None:

@@ -28,10 +28,7 @@ def run_loop(
     save_every: int,
     make_batch: Callable,
     update: Callable,
-    evaluate: Callable | None = None,
-    eval_every: int = 0,
-    should_stop: Callable | None = None,
-    stop_every: int = 0,
+    periodic: Callable | None = None,
     nan_policy: str = "skip",
     max_skipped_frac: float,
     max_consecutive_skips: int,
@@ -39,16 +36,14 @@ def run_loop(
 ):
     """Run `update` from the last checkpoint (if any) to `total_steps`; returns (state, last metrics).
 
-    Metrics of the update that makes `state.step == s` are logged with step s. A checkpoint is
-    written every `save_every` steps and at the end; after a kill, the same call resumes from the
-    last one and reproduces the uninterrupted run, since batches depend only on (seed, step).
-    `nan_policy`: "skip" (the train step already left params untouched; count and go on) or "raise".
-    Skipping has a budget (`SkipBudget`): past it the stage fails, naming the skipped steps.
-    Each checkpoint's meta carries the metric rows since the previous one and the skipped steps,
-    so a resume repairs metrics.jsonl and keeps counting skips where the run left off.
-    `should_stop(params) -> (stop, metrics)`, every `stop_every` steps, may end the loop before
-    `total_steps`: the step it stops at is checkpointed with `stopped_at` in its meta, and a
-    resume from it trains no further.
+    Metrics of the update that makes `state.step == s` are logged with step s. A checkpoint every
+    `save_every` steps and at the end; after a kill, the same call resumes from the last one and
+    reproduces the uninterrupted run (batches depend only on (seed, step)). `nan_policy`: "skip"
+    (the step left params untouched; counted, within a `SkipBudget`) or "raise". A checkpoint's
+    meta holds the metric rows since the last one and the skips, so a resume repairs
+    metrics.jsonl. `periodic(params, step) -> (metrics, stop)` runs after every update
+    (evaluations, an early-stop check): `stop` ends the loop, that step checkpointed with
+    `stopped_at` in its meta; a resume from it trains no further.
     """
     manager = checkpoints.state_manager(stage_dir)
     with contextlib.closing(manager):  # closed on failure too: no orbax thread outlives the error
@@ -57,12 +52,8 @@ def run_loop(
         start = int(jax.device_get(state.step))
         if "stopped_at" in meta:
             return state, {}
-        budget = SkipBudget(
-            stage=desc or str(stage_dir),
-            max_skipped=math.floor(max_skipped_frac * total_steps),
-            max_consecutive=max_consecutive_skips,
-            skipped=[tuple(s) for s in meta.get("skipped", [])],
-        )
+        budget = SkipBudget(desc or str(stage_dir), math.floor(max_skipped_frac * total_steps),
+                            max_consecutive_skips, [tuple(s) for s in meta.get("skipped", [])])  # fmt: skip
         writer = metrics.MetricWriter(stage_dir, resume_step=start, saved_rows=meta.get("rows", []))
         with contextlib.closing(writer):
             last: dict = {}
@@ -71,13 +62,8 @@ def run_loop(
             end = total_steps
             for step in bar:
                 state, values = _step(state, step, make_batch, update)
-                if evaluate is not None and eval_every and (step + 1) % eval_every == 0:
-                    values.update(evaluate(state.params, step + 1))
-                stop = False
-                if should_stop is not None and stop_every and (step + 1) % stop_every == 0:
-                    stop, stop_values = should_stop(state.params)
-                    values.update(stop_values)
-                last = writer.write(step + 1, values)
+                checked, stop = periodic(state.params, step + 1) if periodic else ({}, False)
+                last = writer.write(step + 1, values | checked)
                 unsaved.append({"step": step + 1, **last})
                 if nan_policy == "raise":  # "skip": the step kept the old params and counted it
                     metrics.check_finite(step + 1, last, WATCHED)
