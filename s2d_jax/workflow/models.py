@@ -87,8 +87,9 @@ def model_config(
 ) -> decoder.ModelConfig:
     """A role's architecture, built one way for every source: the config.json of
     `checkpoint_dir` (an HF directory given as init_from / teacher) or of the role's hf_path,
-    or else its toy preset sized to the task's tokenizer (`vocab_size`). The role's dtypes and attention
-    apply either way, and a checkpoint must match the role's preset's dimensions when one is given."""
+    or else its toy preset sized to the task's tokenizer (`vocab_size`). The role's dtypes and
+    attention block apply either way, and a checkpoint must match the role's preset's dimensions
+    when one is given."""
     role_fields = dict(
         param_dtype=spec.dtype,
         compute_dtype=spec.compute_dtype or spec.dtype,

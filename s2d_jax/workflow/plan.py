@@ -108,9 +108,8 @@ def _describe_stage(ctx: RunContext, stage: StageConfig, labeled: int) -> tuple:
     notes += [f"{capped.dropped} over the cap"] if capped.dropped else []
     notes += [f"{len(capped.holdout)} held out"] if capped.holdout else []
     if stage.stop.accuracy:  # an upper bound: the stage ends at its first check over the target
-        generated += (
-            updates // stage.stop.every * len(capped.holdout) * N
-        )  # the checks' greedy rows
+        checks = updates // stage.stop.every
+        generated += checks * len(capped.holdout) * N  # each check's greedy held-out rows
         updates = f"<= {updates} (stops at held-out accuracy {stage.stop.accuracy:g})"
     return (stage.name, stage.kind, stage.model, stage.init_from, teacher,
             f"{stage.data} ({', '.join(notes)})", updates, rows, labeled,
