@@ -3,6 +3,7 @@
     python benchmarks/fit_tables.py                 # every row (about 20 min on 2 CPU cores)
     python benchmarks/fit_tables.py --rows qwen3_8b,1gpu_qwen3_1.7b
     python benchmarks/fit_tables.py --table paper --pairs qwen3_8b,one_gpu   # the paper's shapes
+    python benchmarks/fit_tables.py --table paper --pairs one_gpu --only GRPO
 
 Each row is one `python -m s2d_jax.tools.fit` run in its own process (the fake device count is
 fixed when jax starts), in the pipeline's precision: float32 master weights and AdamW moments,
@@ -66,7 +67,8 @@ COMMON = "--seq 4096 --prompt_len 512 --dtype bfloat16"  # sampler rows = train 
 # transfer stages, + 16,384 response tokens) and configs/paper.py's batches: GRPO 8 prompts x 8
 # in 8 micro-batches, 2a 512 teacher rollouts and 2b 64 prompts x 8 in 64; one row a device per
 # micro-batch, blocked attention (512 tokens). The GRPO stages also compile the reference's
-# scoring pass over the whole batch. Sampler left out (the continuous engine caps its KV cache).
+# scoring pass, in the step's micro-batches as the pipeline runs it. Sampler left out (the
+# continuous engine caps its KV cache).
 # slice -> (devices, mesh, HBM GiB per chip).
 SLICES = {
     "8x H100 80GB": (8, "1,8,1", 80),
@@ -122,7 +124,7 @@ def row(label: str, report: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def paper_table(pairs: list[str]) -> None:
+def paper_table(pairs: list[str], only: str = "") -> None:
     print(f"fit arguments common to every row: {PAPER_COMMON}")
     print(
         "| pair, slice | stage | train step total (of it: state + batch) | scoring pass | fits? |"
@@ -132,6 +134,8 @@ def paper_table(pairs: list[str]) -> None:
         slice_name = PAIRS[pair][0]
         hbm = SLICES[slice_name][2] * GIB
         for stage, args in paper_rows(pair).items():
+            if only not in stage:
+                continue
             report = measure(args, "")
             train = report["train_step"]
             need = train["total"]
@@ -150,9 +154,10 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated: {list(ROWS)}")
     parser.add_argument("--table", default="", choices=("", "paper"), help="paper: real shapes")
     parser.add_argument("--pairs", default=",".join(PAIRS), help=f"--table paper: {list(PAIRS)}")
+    parser.add_argument("--only", default="", help="--table paper: stages whose name has this")
     parsed = parser.parse_args(argv)
     if parsed.table == "paper":
-        return paper_table(parsed.pairs.split(","))
+        return paper_table(parsed.pairs.split(","), parsed.only)
     names = parsed.rows.split(",")
     print(f"fit arguments common to every row: {COMMON}")
     print("| model, mesh | train step total | train step arguments | sampler prefill / decode |")

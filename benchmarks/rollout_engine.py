@@ -190,7 +190,7 @@ def sweep_slots(cfg, weights, sizes, prompt_len, read_length):
         pool = slots.admit_jit(pool, 0 * rows_B, rows_B, rows_B, prompt_len * ones_B, ones_B,
                                prompt_width=prompt_len, **split)  # fmt: skip
         pool = pool.replace(settings=settings)
-        window = dict(cfg=cfg, read_length=read_length, steps=16)
+        window = dict(cfg=cfg, read_length=read_length, steps=16, kernel="reference")
         pool, tokens, _ = jax.block_until_ready(slots.window_jit(pool, weights, **window))
         t0 = time.perf_counter()
         pool, tokens, _ = jax.block_until_ready(slots.window_jit(pool, weights, **window))

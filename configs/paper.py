@@ -22,13 +22,13 @@ evaluates its teacher before any RL (`teacher_base`, an eval stage) for conditio
 Model pairs (`pair=`): qwen3_8b (Qwen3-8B -> Qwen3-1.7B), qwen3_14b (Qwen3-14B -> Qwen3-1.7B), llama
 (Llama-3.3-70B-Instruct -> Llama-3.1-8B-Instruct), qwen3_1.7b_same (a Qwen3-1.7B teacher RL-trained
 for its Qwen3-1.7B student: Table 6's same-size rows with arm=full / no_fkl / no_opd), and
-one_gpu (Qwen3-1.7B -> Qwen3-0.6B, one tokenizer, sized for one 80 GB GPU: 4,096-token responses,
-one row per micro-batch). `python -m s2d_jax.tools.fit --preset qwen3_1.7b --devices 1 --mesh 1,1,1
---batch 1 --seq 7168 --prompt_len 3072 --kl_coef 5e-4 --hbm_gib 80` gives 41.9 GiB for the
-teacher's GRPO step (one row of 3,072 + 4,096 tokens) and 5.0 / 4.9 GiB for its sampler's prefill /
-decode; `--preset qwen3_0.6b --seq 6144 --prompt_len 2048 --objective forward_kl --teacher_preset
-qwen3_1.7b` 24.4 GiB for the student's forward-KL step. With the frozen copies beside them (the
-GRPO reference and the sampler's weights in bfloat16, about 3.4 GiB each) every stage fits. A checkpoint whose dimensions
+one_gpu (Qwen3-1.7B -> Qwen3-0.6B, one tokenizer, sized for one 80 GB GPU: the paper's lengths,
+one row per micro-batch in the train steps and the GRPO reference's scoring pass). `python
+benchmarks/fit_tables.py --table paper --pairs one_gpu` gives 42.3 GiB for the teacher's GRPO step
+(64 rows of 3,072 + 16,384 tokens) and 5.9 GiB for its scoring pass; the student's stages take
+at most 19.9 GiB. With the frozen copies beside them (the GRPO reference and the sampler's
+weights in bfloat16, about 3.4 GiB each) and the sampler's KV budget (0.4 of the GPU), every
+stage fits. A checkpoint whose dimensions
 differ from the pair's preset is an error (swapped or wrong paths fail before any compute). Paths
 are required: teacher_path and student_path (local Hugging Face checkpoints), data_path
 (DAPO-Math-17K parquet/JSONL). A missing one fails before any compute.
@@ -65,8 +65,6 @@ PAIRS = {
     "one_gpu": ("qwen3_1.7b", "qwen3_0.6b"),
     "tiny": ("tiny_qwen3_teacher", "tiny_qwen3_student"),
 }
-# one_gpu: responses (and so rollouts) cut to what one 80 GB GPU holds for these models.
-ONE_GPU_NEW_TOKENS = 4096
 # The slice each pair is sized for (README "Will it fit?"): Qwen3 pairs on 8 chips as (1, 8, 1),
 # Llama on 32 chips as (1, 8, 4); fsdp -1 takes the devices the other axes leave.
 PAIR_TENSOR = {
@@ -233,14 +231,12 @@ def _report_rows(arm, stages):
 
 
 def _fit_one_gpu(config):
-    """One 80 GB GPU: shorter responses, one row per micro-batch (README "On one GPU")."""
+    """One 80 GB GPU: one row per micro-batch, in the train step and the scoring pass alike
+    (README "Will it fit?": every stage fits at the paper's 16k-token responses)."""
     for stage in config.stages.values():
-        stage.sampling.max_new_tokens = ONE_GPU_NEW_TOKENS
         stage.micro_batches = stage.batch_size * (
             stage.samples_per_prompt if stage.kind != "forward_kl" else 1
         )
-    config.eval.max_new_tokens = ONE_GPU_NEW_TOKENS
-    config.probe.sampling.max_new_tokens = ONE_GPU_NEW_TOKENS
 
 
 def _shrink_to_tiny(config):

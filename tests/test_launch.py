@@ -210,7 +210,7 @@ def test_fit_blocked_attention_and_micro_batches_lower_the_train_step():
 
     from s2d_jax.distributed import sharding as sh
     from s2d_jax.model import decoder
-    from s2d_jax.tools import fit
+    from s2d_jax.tools import fit, fit_programs
 
     mesh = sh.make_mesh(sh.MeshConfig(1, 2, 1), jax.devices()[:2])
     args = fit.parse_args(["--preset", "toy_tiny"])
@@ -219,9 +219,30 @@ def test_fit_blocked_attention_and_micro_batches_lower_the_train_step():
 
     def temps(cfg, micro_batches):
         step_cfg = dataclasses.replace(fit._step_config(args), micro_batches=micro_batches)
-        m = fit.train_step_memory(cfg, mesh, batch=8, seq=1024, step_cfg=step_cfg)
+        m = fit_programs.train_step_memory(cfg, mesh, batch=8, seq=1024, step_cfg=step_cfg)
         return m["temps"]
 
     scores_per_device = 4 * 4 * 1024 * 1024 * 4  # 4 rows x 4 heads x T x T float32
     assert temps(dense, 1) - temps(blocked, 1) > scores_per_device / 2
     assert temps(blocked, 4) < temps(blocked, 1) / 2
+
+
+def test_fit_scoring_pass_in_micro_batches_holds_one_part():
+    """The frozen scoring pass (a GRPO reference's log-probs) in the stage's micro-batches holds
+    one part's activations: what lets a long-row GRPO stage score on the chip it trains on."""
+    import jax
+
+    from s2d_jax.distributed import sharding as sh
+    from s2d_jax.model import decoder
+    from s2d_jax.tools import fit_programs
+
+    mesh = sh.make_mesh(sh.MeshConfig(1, 2, 1), jax.devices()[:2])
+    cfg = decoder.ModelConfig.preset("toy_tiny")
+
+    def temps(micro_batches):
+        m = fit_programs.score_memory(
+            cfg, mesh, batch=16, seq=512, chunk_size=128, micro_batches=micro_batches
+        )
+        return m["temps"]
+
+    assert temps(4) < temps(1) / 2

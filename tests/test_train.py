@@ -312,6 +312,11 @@ def test_score_tokens_and_kl_match_full_logits():
     want_lp = np.take_along_axis(lp_s, idx, -1)[..., 0]
     got_lp = steps.score_tokens(CFG, params, tokens, mask, chunk_size=4)
     np.testing.assert_allclose(got_lp, want_lp, rtol=1e-5, atol=1e-5)
+    # In micro-batches (rows i, i+4, ... together): the same log-probs, each in its own row.
+    got_micro = steps.score_tokens(CFG, params, tokens, mask, chunk_size=4, micro_batches=4)
+    np.testing.assert_allclose(got_micro, want_lp, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of micro_batches = 3"):
+        steps.score_tokens(CFG, params, tokens, mask, chunk_size=4, micro_batches=3)
     stats = steps.score_kl(CFG, params, TEACHER_CFG, teacher, tokens, mask, chunk_size=4)
     p_s, p_t = np.exp(lp_s), np.exp(lp_t)
     want = {

@@ -108,6 +108,19 @@ def _normaliser(cfg: StepConfig, batch) -> jax.Array:
     return OBJECTIVES[cfg.objective].normaliser(cfg, batch["loss_mask"])
 
 
+def split_micro_batches(x_B, M: int):
+    """[B, ...] -> [M, B / M, ...]. Micro-batch i takes rows i, i+M, i+2M, ...: a batch sharded in
+    contiguous blocks over the data axis then gives every device its share of each micro-batch,
+    with no resharding."""
+    B = x_B.shape[0]
+    return jnp.swapaxes(x_B.reshape((B // M, M) + x_B.shape[1:]), 0, 1)
+
+
+def merge_micro_batches(x_M):
+    """The inverse of `split_micro_batches`: [M, B / M, ...] -> [B, ...] in the original rows."""
+    return jnp.swapaxes(x_M, 0, 1).reshape((-1,) + x_M.shape[2:])
+
+
 def _loss_and_grads(params, teacher_params, batch, cfg, model_cfg, teacher_cfg):
     """(loss, metrics), grads of the objective over the batch, accumulated over micro-batches."""
     objective = OBJECTIVES[cfg.objective]
@@ -126,12 +139,7 @@ def _loss_and_grads(params, teacher_params, batch, cfg, model_cfg, teacher_cfg):
     if B % M:
         raise ValueError(f"batch size {B} is not a multiple of StepConfig.micro_batches = {M}")
 
-    # Micro-batch i takes rows i, i+M, i+2M, ...: a batch sharded in contiguous blocks over the
-    # data axis then gives every device its share of each micro-batch, with no resharding.
-    def split(x):
-        return jnp.swapaxes(x.reshape((B // M, M) + x.shape[1:]), 0, 1)
-
-    micro_batches = jax.tree.map(split, batch)  # leaves [M, B / M, ...]
+    micro_batches = jax.tree.map(lambda x: split_micro_batches(x, M), batch)
     total = jnp.maximum(_normaliser(cfg, batch), 1.0)
 
     def body(acc, micro_batch):
@@ -291,23 +299,42 @@ def _under_mesh(fn, mesh):
 # ----------------------------------------------------------------------------- frozen models
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "chunk_size", "mesh"))
+@functools.partial(jax.jit, static_argnames=("cfg", "chunk_size", "micro_batches", "mesh"))
 def score_tokens(
-    cfg: decoder.ModelConfig, params, tokens, attention_mask, *, chunk_size: int, mesh=None
+    cfg: decoder.ModelConfig,
+    params,
+    tokens,
+    attention_mask,
+    *,
+    chunk_size: int,
+    micro_batches: int = 1,
+    mesh=None,
 ):
     """Log-prob [B, T-1] float32 of tokens[:, 1:] under a frozen model; tokens/mask [B, T].
 
     No gradient; runs where params and tokens live (sharded inputs give a sharded computation).
+    `micro_batches`: the rows are scored in this many parts in sequence (a scan, split as the
+    train step splits them), so the activations held are one part's, as in the train step.
     `mesh` (that of the sharded inputs): activations keep their rows split over it.
     """
-    batch = {"tokens": tokens, "attention_mask": attention_mask}
-    with _mesh_context(mesh):
-        hidden_BTD, w_DV = _hidden(cfg, params, batch)
-    # No gradient flows, so the backward pass's vocabulary slicing does not matter.
-    logprobs_BT = kl_chunked.token_logprobs_chunked(
-        hidden_BTD, w_DV, tokens[:, 1:], chunk_size=chunk_size, vocab_chunk=0
-    )
-    return jax.lax.stop_gradient(logprobs_BT)
+
+    def score(tokens_BT, mask_BT):
+        batch = {"tokens": tokens_BT, "attention_mask": mask_BT}
+        with _mesh_context(mesh):
+            hidden_BTD, w_DV = _hidden(cfg, params, batch)
+        # No gradient flows, so the backward pass's vocabulary slicing does not matter.
+        return kl_chunked.token_logprobs_chunked(
+            hidden_BTD, w_DV, tokens_BT[:, 1:], chunk_size=chunk_size, vocab_chunk=0
+        )
+
+    M = micro_batches
+    if M == 1:
+        return jax.lax.stop_gradient(score(tokens, attention_mask))
+    if tokens.shape[0] % M:
+        raise ValueError(f"batch size {tokens.shape[0]} is not a multiple of micro_batches = {M}")
+    parts = (split_micro_batches(tokens, M), split_micro_batches(attention_mask, M))
+    _, logprobs_MBT = jax.lax.scan(lambda _, part: (None, score(*part)), None, parts)
+    return jax.lax.stop_gradient(merge_micro_batches(logprobs_MBT))
 
 
 @functools.partial(jax.jit, static_argnames=("student_cfg", "teacher_cfg", "chunk_size"))

@@ -130,9 +130,17 @@ def sample(ctx: RunContext, cfg, params, prompts, sampling, seed: int, num_sampl
     return rollout, stats
 
 
-def score(ctx: RunContext, cfg, params, batch, chunk_size: int) -> np.ndarray:
-    """Log-probs [B, T-1] of a host batch's tokens under frozen `params` (rows over the mesh)."""
+def score(ctx: RunContext, cfg, params, batch, stage) -> np.ndarray:
+    """Log-probs [B, T-1] of a host batch's tokens under frozen `params` (rows over the mesh), in
+    the stage's micro-batches: the pass holds no more activations than the stage's train step."""
     tokens, mask = placement.put_rows(ctx.mesh, (batch["tokens"], batch["attention_mask"]))
-    return placement.to_host(
-        steps.score_tokens(cfg, params, tokens, mask, chunk_size=chunk_size, mesh=ctx.mesh)
+    logprobs = steps.score_tokens(
+        cfg,
+        params,
+        tokens,
+        mask,
+        chunk_size=stage.chunk_size,
+        micro_batches=stage.micro_batches,
+        mesh=ctx.mesh,
     )
+    return placement.to_host(logprobs)

@@ -153,9 +153,9 @@ def grpo_batches(ctx: RunContext, stage: StageConfig, policy: Policy, teacher, s
             )
         )
         if sampling.temperature != 1.0:  # the sampler's log-probs are tempered; the trainer's not
-            batch["old_logprobs"] = batches.score(ctx, cfg, params, batch, stage.chunk_size)
+            batch["old_logprobs"] = batches.score(ctx, cfg, params, batch, stage)
         if ref_params is not None:
-            batch["ref_logprobs"] = batches.score(ctx, cfg, ref_params, batch, stage.chunk_size)
+            batch["ref_logprobs"] = batches.score(ctx, cfg, ref_params, batch, stage)
         solved = correct_B.reshape(-1, G).max(axis=1)
         return batch, {
             **stats,
@@ -234,7 +234,7 @@ def on_policy_kl_batches(
         _, correct_B, reward_stats = grade_rollout(ctx, rollout, examples, G, answer_style)
         batch = batches.rollout_batch(rollout)
         if stage.sampling.temperature != 1.0:
-            batch["old_logprobs"] = batches.score(ctx, cfg, params, batch, stage.chunk_size)
+            batch["old_logprobs"] = batches.score(ctx, cfg, params, batch, stage)
         return batch, {**stats, **reward_stats, "opd/accuracy": float(correct_B.mean())}
 
     return make_batch, num_steps(stage, len(pool))
