@@ -6,8 +6,10 @@ random prompts of --prompt_len tokens, --samples samples each, temperature 1. A 
 uniform, so a row ends with probability about |E| / V per step and lengths are roughly
 geometric with mean V / |E|, cut at max_new_tokens, as RL rollouts are (most short, a few long).
 --workload sets these together: "small" (8 prompts x 4 samples, |E| = 250: mean ~128, caps 256
-and 4096) or "issue" (issue 15's: 32 prompts x 8 samples = 256 rows, |E| = 320: mean ~100,
-cap 512); an explicit flag overrides its field.
+and 4096), "cost" (the 64-row case issue 15 measured the cost against the allocation on: 16
+prompts x 4 samples, |E| = 500: mean ~64, caps 256 and 4096) or "issue" (issue 15's engine
+comparison: 32 prompts x 8 samples = 256 rows, |E| = 320: mean ~100, cap 512); an explicit flag
+overrides its field.
 
 For each --max_new_tokens it times, in the same run: the continuous engine (`generate`, the
 default), the static engine (`engine="static"`), transformers' static `generate` and its
@@ -31,6 +33,8 @@ engine the ratio of its tok/s at the smallest and the largest max_new_tokens (ta
 cost follows the tokens generated, not the allocation).
 
     PYTHONPATH=. .venv/bin/python benchmarks/rollout_engine.py --workload small --reps 2
+    PYTHONPATH=. .venv/bin/python benchmarks/rollout_engine.py --workload cost --reps 2 \
+        --engines continuous,static
     PYTHONPATH=. .venv/bin/python benchmarks/rollout_engine.py --workload issue
     PYTHONPATH=. .venv/bin/python benchmarks/rollout_engine.py --sweep_slots 1,2,4,8,16,32,64
     PYTHONPATH=. .venv/bin/python benchmarks/rollout_engine.py --engines continuous \
@@ -201,6 +205,7 @@ def sweep_slots(cfg, weights, sizes, prompt_len, read_length):
 # Workload presets: (prompts, samples, |E|, max_new_tokens); an explicit flag overrides a field.
 WORKLOADS = {
     "small": (8, 4, 250, "256,4096"),
+    "cost": (16, 4, 500, "256,4096"),  # issue 15's cost-vs-allocation case: 64 rows, mean ~64
     "issue": (32, 8, 320, "512"),  # issue 15: 256 rows, mean length ~100, cap 512
 }
 ENGINES = ("continuous", "static", "transformers", "generate_batch")
