@@ -21,6 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ is not an installed package
+from configs import paper  # noqa: E402
+
 GIB = 2**30
 # name -> (label, fit arguments)
 ROWS = {
@@ -64,31 +67,29 @@ ROWS = {
 }
 COMMON = "--seq 4096 --prompt_len 512 --dtype bfloat16"  # sampler rows = train rows
 # --table paper: each pair's stages at the paper's lengths (prompt 3,072 for GRPO, 2,048 for the
-# transfer stages, + 16,384 response tokens) and configs/paper.py's batches: GRPO 8 prompts x 8
-# in 8 micro-batches, 2a 512 teacher rollouts and 2b 64 prompts x 8 in 64; one row a device per
-# micro-batch, blocked attention (512 tokens). The GRPO stages also compile the reference's
+# transfer stages, + 16,384 response tokens) and configs/paper.py's batches (GRPO 8 prompts x 8,
+# 2a 512 teacher rollouts, 2b 64 prompts x 8) in its micro-batches (one row a device over data x
+# fsdp), blocked attention (512 tokens). The GRPO stages also compile the reference's
 # scoring pass, in the step's micro-batches as the pipeline runs it. Sampler left out (the
 # continuous engine caps its KV cache).
-# slice -> (devices, mesh, HBM GiB per chip).
+# pair -> (slice, HBM GiB per chip); the chips, mesh and rows of a micro-batch are
+# configs/paper.py's (PAIR_SLICE), the models its PAIRS.
 SLICES = {
-    "8x H100 80GB": (8, "1,8,1", 80),
-    "1x H100 80GB": (1, "1,1,1", 80),
-    "TPU v5p-64 (32 chips, 95 GiB)": (32, "1,8,4", 95),
+    "qwen3_8b": ("8x H100 80GB", 80),
+    "one_gpu": ("1x H100 80GB", 80),
+    "llama": ("TPU v5p-128 (64 chips, 95 GiB)", 95),
 }
 GRPO_SEQ, TRANSFER_SEQ = 3072 + 16384, 2048 + 16384
 PAPER_COMMON = "--dtype bfloat16 --attention_block 512 --skip_sampler"
-# name -> (slice, teacher, student, rows per micro-batch)
-PAIRS = {
-    "qwen3_8b": ("8x H100 80GB", "qwen3_8b", "qwen3_1.7b", 8),
-    "one_gpu": ("1x H100 80GB", "qwen3_1.7b", "qwen3_0.6b", 1),
-    "llama": ("TPU v5p-64 (32 chips, 95 GiB)", "llama3_70b", "llama3_8b", 8),
-}
 
 
 def paper_rows(pair: str) -> dict:
     """{stage label: fit arguments} of one pair at the paper's lengths."""
-    slice_name, teacher, student, rows = PAIRS[pair]
-    devices, mesh, hbm = SLICES[slice_name]
+    teacher, student = paper.PAIRS[pair]
+    devices, tensor = paper.PAIR_SLICE[pair]
+    rows = devices // tensor  # one row a device over data x fsdp
+    hbm = SLICES[pair][1]
+    mesh = f"1,{devices // tensor},{tensor}"
     where = f"--devices {devices} --mesh {mesh} --hbm_gib {hbm} {PAPER_COMMON}"
     grpo = f"--batch 64 --micro_batches {64 // rows} --seq {GRPO_SEQ} --kl_coef 5e-4"
     grpo += " --score_batch 64"
@@ -131,8 +132,8 @@ def paper_table(pairs: list[str], only: str = "") -> None:
     )
     print("|---|---|---|---|---|")
     for pair in pairs:
-        slice_name = PAIRS[pair][0]
-        hbm = SLICES[slice_name][2] * GIB
+        slice_name, hbm_gib = SLICES[pair]
+        hbm = hbm_gib * GIB
         for stage, args in paper_rows(pair).items():
             if only not in stage:
                 continue
@@ -153,7 +154,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated: {list(ROWS)}")
     parser.add_argument("--table", default="", choices=("", "paper"), help="paper: real shapes")
-    parser.add_argument("--pairs", default=",".join(PAIRS), help=f"--table paper: {list(PAIRS)}")
+    parser.add_argument("--pairs", default=",".join(SLICES), help=f"--table paper: {list(SLICES)}")
     parser.add_argument("--only", default="", help="--table paper: stages whose name has this")
     parsed = parser.parse_args(argv)
     if parsed.table == "paper":

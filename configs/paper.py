@@ -38,11 +38,11 @@ prompts x 8 samples, and 2a on 64 prompts' worth of teacher rollouts (512 sequen
 take the same number of updates per epoch. `--dry_run` prints each stage's updates and rows.
 `split_seed` picks the 1H / 2H split and stays fixed when `seed` (the training's) changes.
 Hardware: a TPU pod slice or GPUs (float32 master weights and AdamW state, bfloat16 compute).
-The Qwen3 pairs are laid out for 8 chips as (1, 8, 1) and Llama for 32 chips as (1, 8, 4); every
-stage's batch is split into micro-batches of one row a device, and attention runs in blocks of
-ATTENTION_BLOCK tokens. README "Will it fit?" gives the per-device memory of every stage at the
-paper's lengths (`python benchmarks/fit_tables.py --table paper`): the qwen3_8b pair fits 8 x 80 GB
-chips. Runtime: days.
+The Qwen3 pairs are laid out for 8 chips as (1, 8, 1) and Llama for 64 chips as (1, 16, 4)
+(PAIR_SLICE); every stage's batch is split into micro-batches of one row a device, and attention
+runs in blocks of ATTENTION_BLOCK tokens. README "Will it fit?" gives the per-device memory of every
+stage at the paper's lengths (`python benchmarks/fit_tables.py --table paper`): the qwen3_8b pair
+fits 8 x 80 GB chips, the llama pair 64 chips of 95 GiB (TPU v5p-128). Runtime: days.
 
 pair=tiny is the laptop twin of any arm: the same stage chain, losses and dtypes on random tiny
 Qwen3-shaped checkpoints (written into the workdir, one chat tokenizer), the shipped DAPO-layout
@@ -65,22 +65,22 @@ PAIRS = {
     "one_gpu": ("qwen3_1.7b", "qwen3_0.6b"),
     "tiny": ("tiny_qwen3_teacher", "tiny_qwen3_student"),
 }
-# The slice each pair is sized for (README "Will it fit?"): Qwen3 pairs on 8 chips as (1, 8, 1),
-# Llama on 32 chips as (1, 8, 4); fsdp -1 takes the devices the other axes leave.
-PAIR_TENSOR = {
-    "qwen3_8b": 1,
-    "qwen3_14b": 1,
-    "llama": 4,
-    "qwen3_1.7b_same": 1,
-    "one_gpu": 1,
-    "tiny": 1,
+# pair -> (chips, tensor axis): the slice each pair is sized for (README "Will it fit?"). fsdp -1
+# takes the devices the tensor axis leaves, and a micro-batch holds one row a device over
+# data x fsdp (chips / tensor rows), so a step's activations are one row's whatever the stage's
+# batch. Llama needs 64 chips: its 70B teacher's GRPO step takes 100.5 GiB a chip on 32 chips as
+# (1, 8, 4), 79.6 on 64 as (1, 16, 4).
+PAIR_SLICE = {
+    "qwen3_8b": (8, 1),
+    "qwen3_14b": (8, 1),
+    "llama": (64, 4),
+    "qwen3_1.7b_same": (8, 1),
+    "one_gpu": (1, 1),
+    "tiny": (8, 1),  # micro-batches set by _shrink_to_tiny
 }
 # Training and scoring forwards attend in blocks of this many tokens (s2d_jax/model/attention.py):
 # the dense path's [H, T, T] float32 scores of one 19,456-token Qwen3-8B row are 45 GiB a layer.
 ATTENTION_BLOCK = 512
-# Rows of one micro-batch: one row a device over data x fsdp (8 on the slices above), so a step's
-# activations are one row's whatever the stage's batch; a stage accumulates rows / 8 of them.
-MICRO_BATCH_ROWS = 8
 # pair=tiny, the laptop twin: random Qwen3-shaped checkpoints written into the run directory, the
 # shipped DAPO-layout file, and these sizes; stages, losses, dtypes and eval splits as on a pod.
 TINY = dict(steps=2, prompts=2, group=4, rollouts=4, max_new=24, micro_batches=2, problems=2)
@@ -133,7 +133,9 @@ def get_config(arg=None):
             "give no teacher_path, student_path or data_path"
         )
     teacher_preset, student_preset = PAIRS[arg.pair]
-    mesh = common.mesh(data=1, fsdp=-1, tensor=PAIR_TENSOR[arg.pair])
+    chips, tensor = PAIR_SLICE[arg.pair]
+    rows = chips // tensor
+    mesh = common.mesh(data=1, fsdp=-1, tensor=tensor)
     config = common.base(arg.seed, "skip", 2 if tiny else 8, mesh_sizes=mesh)
     # Qwen3 chat template with thinking off (paper code default); DAPO columns need data_path.
     data_path = common.shipped_file("tiny_dapo_math.jsonl") if tiny else arg.data_path
@@ -153,13 +155,11 @@ def get_config(arg=None):
             student=common.model(preset=student_preset, hf_path=arg.student_path, **dtype),
         )
     )
-    config.stages = _stages(arg.arm)
+    config.stages = _stages(arg.arm, rows)
     config.eval = common.evaluation("math500,aime24,aime25", samples=16, max_new_tokens=16384)
     # C2 of every arm on one probe set: rows of the two base checkpoints, so each arm's run (and
     # each seed) reads the same rows.
     config.probe = common.probe("train", "base", "base", max_new_tokens=TRANSFER["max_new"])
-    if arg.pair == "one_gpu":
-        _fit_one_gpu(config)
     if tiny:
         _shrink_to_tiny(config)
     config.report_rows = _report_rows(arg.arm, config.stages)
@@ -167,17 +167,17 @@ def get_config(arg=None):
     return config
 
 
-def _grpo(model, init_from, data):
+def _grpo(model, init_from, data, rows):
     stage = common.grpo_stage(
         model, init_from, data, 0, GRPO["prompts"], GRPO["group"], GRPO["max_new"], GRPO["lr"]
     )
     stage.epochs = GRPO["epochs"]
     stage.max_prompt_tokens = GRPO["max_prompt"]
-    stage.micro_batches = GRPO["prompts"] * GRPO["group"] // MICRO_BATCH_ROWS
+    stage.micro_batches = GRPO["prompts"] * GRPO["group"] // rows
     return stage
 
 
-def _bridge(stages, teacher, data, fkl=True, opd=True):
+def _bridge(stages, teacher, data, rows, fkl=True, opd=True):
     t = TRANSFER
     cap = dict(max_prompt_tokens=t["max_prompt"])
     if fkl:  # batch_size counts teacher rollouts: 64 prompts' worth of them
@@ -185,20 +185,21 @@ def _bridge(stages, teacher, data, fkl=True, opd=True):
             "base", teacher, data, 0, t["prompts"] * t["rollouts"], t["rollouts"], t["max_new"],
             t["lr"], **cap,
         )  # fmt: skip
-        stages.fkl.micro_batches = t["prompts"] * t["rollouts"] // MICRO_BATCH_ROWS
+        stages.fkl.micro_batches = t["prompts"] * t["rollouts"] // rows
     if opd:  # batch_size counts prompts, each sampled `rollouts` times
         stages.opd = common.on_policy_kl_stage(
             "fkl" if fkl else "base", teacher, data, 0, t["prompts"], t["rollouts"],
             t["max_new"], t["lr"], **cap,
         )  # fmt: skip
-        stages.opd.micro_batches = t["prompts"] * t["rollouts"] // MICRO_BATCH_ROWS
+        stages.opd.micro_batches = t["prompts"] * t["rollouts"] // rows
     return stages
 
 
-def _stages(arm):
+def _stages(arm, rows):
+    """The arm's stages, each split into micro-batches of `rows` rows."""
     s = common.ConfigDict()
     if arm == "direct":
-        s.direct_grpo = _grpo("student", "base", "train")
+        s.direct_grpo = _grpo("student", "base", "train", rows)
         return s
     half = arm in STAGE3_DATA
     data = "train_1h" if half else "train"
@@ -207,11 +208,11 @@ def _stages(arm):
     s.teacher_base = common.eval_stage("teacher", "base")
     teacher = "base"
     if arm not in GIVEN_TEACHER:
-        s.teacher_grpo = _grpo("teacher", "base", data)
+        s.teacher_grpo = _grpo("teacher", "base", data, rows)
         teacher = "teacher_grpo"
-    _bridge(s, teacher, data, fkl="no_fkl" not in arm, opd="no_opd" not in arm)
+    _bridge(s, teacher, data, rows, fkl="no_fkl" not in arm, opd="no_opd" not in arm)
     if half:
-        s.stage3 = _grpo("student", "opd" if "opd" in s else "fkl", STAGE3_DATA[arm])
+        s.stage3 = _grpo("student", "opd" if "opd" in s else "fkl", STAGE3_DATA[arm], rows)
     return s
 
 
@@ -228,15 +229,6 @@ def _report_rows(arm, stages):
     if "teacher_base" in stages:
         rows.append(("teacher before RL", "teacher_base"))
     return ",".join(f"{label}={stage}" for label, stage in rows)
-
-
-def _fit_one_gpu(config):
-    """One 80 GB GPU: one row per micro-batch, in the train step and the scoring pass alike
-    (README "Will it fit?": every stage fits at the paper's 16k-token responses)."""
-    for stage in config.stages.values():
-        stage.micro_batches = stage.batch_size * (
-            stage.samples_per_prompt if stage.kind != "forward_kl" else 1
-        )
 
 
 def _shrink_to_tiny(config):

@@ -21,6 +21,7 @@ from test_data import build_hf_tokenizer
 import configs
 from configs import eval as eval_config
 from configs import paper, smollm2_gsm8k, toy_arith, toy_calibration
+from s2d_jax.distributed import sharding
 from s2d_jax.model import decoder, hf_io
 from s2d_jax.workflow import metrics, pipeline
 
@@ -105,6 +106,22 @@ def test_paper_transfer_stages_take_the_same_updates_per_epoch():
     assert math.ceil(pool * fkl.samples_per_prompt / fkl.batch_size) == math.ceil(
         pool / opd.batch_size
     )
+
+
+@pytest.mark.parametrize("pair", [p for p in paper.PAIRS if p != "tiny"])
+def test_paper_micro_batches_hold_one_row_a_device_of_the_pairs_slice(pair):
+    """What README "Will it fit?" measures per pair: on the chips the pair is sized for, every
+    trained stage's micro-batch is one row per data x fsdp shard (2a counts rollouts, the others
+    prompts x samples)."""
+    config = paper.get_config(f"arm=half,pair={pair}")
+    chips, tensor = paper.PAIR_SLICE[pair]
+    data, fsdp, mesh_tensor = sharding.MeshConfig(**config.mesh).shape(chips)
+    assert mesh_tensor == tensor
+    for stage in config.stages.values():
+        if stage.kind == "eval":
+            continue
+        rows = stage.batch_size * (1 if stage.kind == "forward_kl" else stage.samples_per_prompt)
+        assert rows == stage.micro_batches * data * fsdp, stage.kind
 
 
 def test_the_half_split_does_not_follow_the_training_seed():
