@@ -12,20 +12,21 @@ comparison: 32 prompts x 8 samples = 256 rows, |E| = 320: mean ~100, cap 512); a
 overrides its field.
 
 For each --max_new_tokens it times, in the same run: the continuous engine (`generate`, the
-default), the static engine (`engine="static"`), transformers' static `generate` and its
-continuous batching `generate_batch` (paged KV cache, each prompt's samples forked from it by
+default), the static engine (`engine="static"`), transformers' static `generate` and its continuous
+batching `generate_batch` (paged KV cache, each prompt's samples forked from it by
 num_return_sequences) on the same weights (`hf_io.save_hf`; eos_token_id = E; both skipped with
---no_hf or when transformers is missing). s2d_jax engines run once first (they compile; that
-run's excess over the timed one is printed), transformers warms up on two short prompts; then
---reps timed runs (best). generate_batch gets a paged cache sized to the workload and held to the
-continuous engine's --kv_budget_gb (its default sizes it to most of the host's memory and, on
-CPU, spends seconds per call allocating it and its attention-mask buffers) and no warm-up (it
-only pre-captures CUDA graphs). Generated tokens = the rows' lengths summed, EOS included;
-transformers' are counted the same way from its output. transformers runs with --torch_threads
-(default 1): torch's default, a thread per core, stalls badly when other processes share the
-cores (benchmarks/sampler.py times both). After each engine the process's peak resident memory
-over that engine's runs is printed (Linux: the peak is reset before each, /proc/self/clear_refs),
-with the load average (other processes sharing the cores slow every engine).
+--no_hf or when transformers is missing). s2d_jax engines run once first (they compile; that run's
+excess over the timed one is printed), transformers warms up on two short prompts; then --reps
+timed runs (best; 0: the first run alone, compiles included). generate_batch gets a paged cache
+sized to the workload and held to the continuous engine's --kv_budget_gb (its default sizes it to
+most of the host's memory and, on CPU, spends seconds per call allocating it and its attention-mask
+buffers) and no warm-up (it only pre-captures CUDA graphs). Generated tokens = the rows' lengths
+summed, EOS included; transformers' are counted the same way from its output. transformers runs
+with --torch_threads (default 1): torch's default, a thread per core, stalls badly when other
+processes share the cores (benchmarks/sampler.py times both). After each engine the process's peak
+resident memory over that engine's runs is printed (Linux: the peak is reset before each,
+/proc/self/clear_refs), with the load average (other processes sharing the cores slow every
+engine).
 
 At the end a table: tok/s per engine and max_new_tokens, the continuous engine's ratio to
 transformers' `generate` (issue 15's target: >= 4x) and to `generate_batch` (>= 2x), and per
@@ -39,6 +40,12 @@ cost follows the tokens generated, not the allocation).
     PYTHONPATH=. .venv/bin/python benchmarks/rollout_engine.py --sweep_slots 1,2,4,8,16,32,64
     PYTHONPATH=. .venv/bin/python benchmarks/rollout_engine.py --engines continuous \
         --max_new_tokens 4096 --kv_budget_gb 0.4 --prompts 16   # then --prompts 32: same RSS
+
+On an accelerator: --dtype bfloat16, --decode_attention pallas_gpu (the continuous engine's
+per-row-length kernel) and --bandwidth_gbs (the HBM's): each continuous run then also prints the
+fraction of the bound counting only filled K/V (`filled_bound_seconds`: each token reads its row's
+filled slots, each decode step of the pool the weights once; prefill not counted).
+benchmarks/gpu_report.sh runs Qwen3-1.7B so.
 
 --sweep_slots instead prints the time of one decode step of the continuous engine's window per
 pool size (the figure behind engine.MIN_COMPACT_SLOTS).
@@ -81,18 +88,39 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def s2d_run(cfg, weights, prompts, args, new_tokens, eos, engine_name):
-    """A function running generate once: (seconds, generated tokens)."""
+def filled_bound_seconds(cfg, weight_bytes, prompt_len, lengths_R, pool, bandwidth_gbs):
+    """Seconds a decode reading only what it must takes at `bandwidth_gbs`: every generated token
+    reads its row's filled K/V (prompt + the tokens before it), and each decode step of a `pool`
+    of rows reads the weights once (at least total tokens / pool steps). Prefill not counted."""
+    lengths_R = np.asarray(lengths_R, np.int64)
+    filled_slots = int((prompt_len * lengths_R + lengths_R * (lengths_R - 1) // 2).sum())
+    steps = -(-int(lengths_R.sum()) // pool)
+    kv_bytes = cache_bytes(cfg, 1, 1) * filled_slots
+    return (kv_bytes + steps * weight_bytes) / (bandwidth_gbs * 1e9)
+
+
+def s2d_run(cfg, weights, prompts, args, new_tokens, eos, engine_name, pool=0):
+    """A function running generate once: (seconds, generated tokens[, seconds of the filled-KV
+    bandwidth bound, with --bandwidth_gbs and a `pool`])."""
     kw = dict(
         max_new_tokens=new_tokens, temperature=1.0, eos_id=eos, pad_id=0, seed=0,
         num_samples=args.samples, engine=engine_name,
         kv_budget_bytes=int(args.kv_budget_gb * 2**30),
     )  # fmt: skip
+    if engine_name == "continuous":
+        kw["decode_attention"] = args.decode_attention
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(weights))
 
     def run():
         t0 = time.perf_counter()
         out = jax.block_until_ready(sampler.generate(cfg, weights, prompts, **kw))
-        return time.perf_counter() - t0, int(np.asarray(out.lengths).sum())
+        seconds, lengths_R = time.perf_counter() - t0, np.asarray(out.lengths)
+        if not (args.bandwidth_gbs and pool):
+            return seconds, int(lengths_R.sum())
+        bound = filled_bound_seconds(
+            cfg, weight_bytes, args.prompt_len, lengths_R, pool, args.bandwidth_gbs
+        )
+        return seconds, int(lengths_R.sum()), bound
 
     return run
 
@@ -170,11 +198,19 @@ def hf_batch_run(cfg, hf, prompts, args, new_tokens, eos):
 
 def timed(name, run, reps, warmup=None):
     """Run `warmup` (default: `run` itself; s2d_jax compiles), then `reps` timed runs; print
-    the best, return its tok/s."""
+    the best, return its tok/s. reps 0: only `run` once, its compiles included (a long call that
+    a time limit cannot hold twice)."""
     reset_peak_rss()
-    first = (warmup or run)()[0]
-    seconds, tokens = min(run() for _ in range(reps))
-    note = f", first run {first - seconds:+.1f} s more, excluded" if warmup is None else ""
+    if reps == 0:
+        best = run()
+        note = ", compiles included"
+    else:
+        first = (warmup or run)()[0]
+        best = min(run() for _ in range(reps))
+        note = f", first run {first - best[0]:+.1f} s more, excluded" if warmup is None else ""
+    seconds, tokens = best[:2]
+    if len(best) > 2:
+        note += f"; {best[2] / seconds:.1%} of the filled-KV bandwidth bound ({best[2]:.1f} s)"
     print(
         f"  {name:<14} {tokens / seconds:8.1f} tok/s ({tokens} tokens in {seconds:6.1f} s"
         f"{note}); peak RSS {peak_rss_gb():.2f} GB; load {os.getloadavg()[0]:.1f}",
@@ -254,6 +290,13 @@ def main():
     parser.add_argument("--hf_batch_tokens", type=int, default=1024,
                         help="generate_batch's max_batch_tokens")  # fmt: skip
     parser.add_argument("--sweep_slots", default="", help="comma list of pool sizes")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="weights and compute (bfloat16: the accelerator runs)")  # fmt: skip
+    parser.add_argument("--decode_attention", default="reference",
+                        help="the continuous engine's (pallas_gpu on a GPU)")  # fmt: skip
+    parser.add_argument("--bandwidth_gbs", type=float, default=0.0,
+                        help="HBM GB/s: print the continuous engine's fraction of the filled-KV "
+                        "bound (H200: 4800); 0: off")  # fmt: skip
     args = parser.parse_args()
     for field, value in zip(("prompts", "samples", "eos_count", "max_new_tokens"),
                             WORKLOADS[args.workload], strict=True):  # fmt: skip
@@ -264,7 +307,7 @@ def main():
     if unknown:
         parser.error(f"unknown engines {sorted(unknown)}; choose from {ENGINES}")
 
-    cfg = decoder.ModelConfig.preset(args.preset)
+    cfg = decoder.ModelConfig.preset(args.preset, param_dtype=args.dtype, compute_dtype=args.dtype)
     params = jax.jit(decoder.init_params, static_argnames="cfg")(cfg, jax.random.key(0))
     weights = cached_forward.unstack_layers(params, dtype=cfg.compute_dtype)
     print(
@@ -290,14 +333,16 @@ def main():
     caps = [int(n) for n in args.max_new_tokens.split(",")]
     results = {name: {} for name in engines}
     for N in caps:
-        length = engine.cache_length(prompts, N)
+        length = engine.cache_length(prompts, N, args.decode_attention)
         rows = args.prompts * args.samples
         pool = engine.pool_slots(cfg, rows, length, int(args.kv_budget_gb * 2**30))
         print(f"max_new_tokens {N}: continuous pool {pool} slots x {length} cache slots; "
               f"static batch {rows} x {sampler.bucket(args.prompt_len) + sampler.bucket(N)}")  # fmt: skip
         for name in ("continuous", "static"):
             if name in engines:
-                run = s2d_run(cfg, weights, prompts, args, N, eos, name)
+                run = s2d_run(
+                    cfg, weights, prompts, args, N, eos, name, pool if name == "continuous" else 0
+                )
                 results[name][N] = timed(name, run, args.reps)
         if hf is None:
             continue
