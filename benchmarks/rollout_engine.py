@@ -293,7 +293,7 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="weights and compute (bfloat16: the accelerator runs)")  # fmt: skip
     parser.add_argument("--decode_attention", default="reference",
-                        help="the continuous engine's (pallas_gpu on a GPU)")  # fmt: skip
+                        help="the continuous engine's (pallas_gpu on a GPU, pallas_tpu on a TPU)")  # fmt: skip
     parser.add_argument("--bandwidth_gbs", type=float, default=0.0,
                         help="HBM GB/s: print the continuous engine's fraction of the filled-KV "
                         "bound (H200: 4800); 0: off")  # fmt: skip

@@ -149,7 +149,7 @@ CHUNK_SIZE = 512
 # The rollout engine of every sampler call (stages and evaluation). kv_budget_gib is the KV cache
 # per data shard the continuous engine's slot pool is sized from; 0 takes the device's default
 # (0.4 of an accelerator's memory, 2 GiB on a CPU: `rollout/engine.default_kv_budget_bytes`).
-# decode_attention "pallas_gpu" reads each row's own filled length on a GPU
+# decode_attention "pallas_gpu" / "pallas_tpu" reads each row's own filled length on that device
 # (s2d_jax/model/decode_kernels.py); "reference", the pure-JAX path, runs everywhere.
 ROLLOUT_ENGINE = dict(engine="continuous", kv_budget_gib=0.0, decode_attention="reference")
 

@@ -6,6 +6,8 @@ Models are tiny random HF models with weights scaled up (ENV_NOTES "a trap"), so
 is not degenerate and a wrong rope, cache slot or mask changes the tokens.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -436,29 +438,59 @@ def test_decode_window_traced_once_per_shape_bucket(family_model, monkeypatch):
     assert traced == [((1, 15), 16), ((4, 1), 24)]
 
 
-def test_decode_kernel_reads_each_rows_length_as_the_reference_masks_it():
-    """model/decode_kernels.py (Pallas' GPU decode attention, interpreted here) against
-    `cached_attention`'s pure-JAX path on the same cache: rows of many lengths, one empty."""
+INTERPRETED_KERNELS = ("pallas_gpu_interpret", "pallas_tpu_interpret")
+
+
+@pytest.mark.parametrize("kind", INTERPRETED_KERNELS)
+def test_decode_kernel_reads_each_rows_length_as_the_reference_masks_it(kind):
+    """model/decode_kernels.py (Pallas' GPU decode attention, and the TPU kernel, interpreted
+    here) against `cached_attention`'s pure-JAX path on the same cache: rows of many lengths, one
+    empty; 768 slots are 3 TPU blocks, so rows end inside the first, second and last."""
     rng = np.random.default_rng(3)
-    B, K, G, S, D = 5, 2, 3, 256, 16
+    B, K, G, S, D = 6, 2, 3, 768, 16
     q_BTHD = jnp.asarray(rng.normal(size=(B, 1, K * G, D)), jnp.float32)
     k_BKSD, v_BKSD = (jnp.asarray(rng.normal(size=(B, K, S, D)), jnp.float32) for _ in "kv")
-    length_B = jnp.array([1, 17, 256, 100, 0])
+    length_B = jnp.array([1, 17, 768, 300, 513, 0])
     visible_B1S = (jnp.arange(S)[None, :] < length_B[:, None])[:, None, :]
     want = cached_forward.cached_attention(q_BTHD, k_BKSD, v_BKSD, visible_B1S, S)
-    got = cached_forward.cached_attention(
-        q_BTHD, k_BKSD, v_BKSD, visible_B1S, S, length_B, "pallas_interpret"
-    )
-    np.testing.assert_allclose(got[:4], want[:4], atol=2e-6, rtol=1e-5)
-    np.testing.assert_array_equal(got[4], 0.0)  # nothing to attend to: 0, not NaN
+    got = cached_forward.cached_attention(q_BTHD, k_BKSD, v_BKSD, visible_B1S, S, length_B, kind)
+    np.testing.assert_allclose(got[:5], want[:5], atol=2e-6, rtol=1e-5)
+    np.testing.assert_array_equal(got[5], 0.0)  # nothing to attend to: 0, not NaN
+
+
+def test_the_tpu_decode_kernel_lowers_for_a_tpu(monkeypatch):
+    """What can be checked of the compiled TPU kernel without a TPU: Pallas' Mosaic lowering
+    (block shapes, prefetched lengths, scratch) for a TPU v5p, at Qwen3-1.7B's decode shapes
+    (8 KV heads of 2 queries, head_dim 128, 2k + 16k slots, bfloat16). Pallas reads the chip's
+    parameters from the device it lowers on; a CPU is given a v5p's."""
+    tpu_info = pytest.importorskip("jax._src.pallas.mosaic.tpu_info")
+    if not hasattr(tpu_info, "registry"):
+        pytest.skip("this jax's Pallas reads TPU parameters differently")
+    v5p = functools.partial(tpu_info.get_tpu_info_for_chip, tpu_info.ChipVersion.TPU_V5P, 1)
+    monkeypatch.setitem(tpu_info.registry, jax.devices()[0].device_kind, v5p)
+    B, K, H, S, D = 4, 8, 16, 18432, 128
+    shapes = [jax.ShapeDtypeStruct(s, jnp.bfloat16) for s in ((B, 1, H, D), (B, K, S, D))]
+    length = jax.ShapeDtypeStruct((B,), jnp.int32)
+    attend = functools.partial(decode_kernels.decode_attention, kind="pallas_tpu")
+    lowered = jax.jit(attend).trace(shapes[0], shapes[1], shapes[1], length)
+    text = lowered.lower(lowering_platforms=("tpu",)).as_text()
+    assert "tpu_custom_call" in text
+
+
+def test_decode_kernel_blocks():
     assert decode_kernels.kernel_blocks(256) == (16, 16)
     assert decode_kernels.kernel_blocks(18432) == (16, 128)  # 2k prompt + 16k response slots
     with pytest.raises(ValueError, match="multiple of 16 cache slots"):
         decode_kernels.kernel_blocks(40)
+    assert decode_kernels.tpu_block_slots(768) == 256
+    assert decode_kernels.tpu_block_slots(18432) == 512
+    with pytest.raises(ValueError, match="multiple of 256 cache slots"):
+        decode_kernels.tpu_block_slots(320)
 
 
-def test_the_engine_with_the_decode_kernel_samples_the_reference_rows(family_model):
-    """The continuous engine with the interpreted kernel: the same rows as the pure-JAX path."""
+@pytest.mark.parametrize("kind", INTERPRETED_KERNELS)
+def test_the_engine_with_the_decode_kernel_samples_the_reference_rows(family_model, kind):
+    """The continuous engine with an interpreted kernel: the same rows as the pure-JAX path."""
     _, cfg, params = family_model
     if cfg.family != "qwen3":
         pytest.skip("one family suffices")
@@ -467,10 +499,8 @@ def test_the_engine_with_the_decode_kernel_samples_the_reference_rows(family_mod
     budget = _pool_budget(cfg, 4, prompts, 12)
     want = sampler.generate(cfg, params, prompts, kv_budget_bytes=budget, **kw)
     got = sampler.generate(
-        cfg, params, prompts, decode_attention="pallas_interpret", **kw,
-        kv_budget_bytes=sampler.cache_bytes(
-            cfg, 4, engine.cache_length(prompts, 12, "pallas_interpret")
-        ),
+        cfg, params, prompts, decode_attention=kind, **kw,
+        kv_budget_bytes=sampler.cache_bytes(cfg, 4, engine.cache_length(prompts, 12, kind)),
     )  # fmt: skip
     for name in ("tokens", "completion_mask", "lengths", "truncated"):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name), name)

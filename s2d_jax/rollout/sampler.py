@@ -211,7 +211,8 @@ def generate(
       power of two of rows that fits, at most the call's rows. None: the device kind's default
       (`engine.default_kv_budget_bytes`). window_steps: decode steps per fused window.
     decode_attention (continuous): "reference" (pure JAX) or a kernel of model/decode_kernels.py
-      reading each row's own length ("pallas_gpu"; "pallas_interpret" on any device, slowly).
+      reading each row's own length ("pallas_gpu", "pallas_tpu"; their "_interpret" forms on any
+      device, slowly).
     `params`: the stacked training params (copied for the call into per-layer buffers in the
     compute dtype, `sampling_weights`) or `PerLayerParams` (`placement.sampling_params`).
     """
