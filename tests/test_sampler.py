@@ -458,6 +458,28 @@ def test_decode_kernel_reads_each_rows_length_as_the_reference_masks_it(kind):
     np.testing.assert_array_equal(got[5], 0.0)  # nothing to attend to: 0, not NaN
 
 
+@pytest.mark.parametrize("kind", INTERPRETED_KERNELS)
+def test_a_decode_kernel_under_a_mesh_runs_on_each_devices_rows(kind):
+    """Rows over 8 devices: traced under the mesh (as the engine traces its windows), the kernel
+    runs on each device's own rows, with no all-gather of the cache (opaque to the partitioner,
+    it would gather them onto every device otherwise), and gives one device's values."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    rng = np.random.default_rng(5)
+    B, K, G, S, D = 8, 2, 2, 512, 16
+    q_BTHD = rng.normal(size=(B, 1, K * G, D)).astype(np.float32)
+    k_BKSD, v_BKSD = (rng.normal(size=(B, K, S, D)).astype(np.float32) for _ in "kv")
+    length_B = (np.arange(B) * 60 + 1).astype(np.int32)
+    attend = jax.jit(functools.partial(decode_kernels.decode_attention, kind=kind))
+    placed = [jax.device_put(x, rows) for x in (q_BTHD, k_BKSD, v_BKSD, length_B)]
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        assert "all-gather" not in attend.lower(*placed).compile().as_text()
+        got = attend(*placed)
+    assert got.sharding.spec == jax.sharding.PartitionSpec("data")
+    want = decode_kernels.decode_attention(q_BTHD, k_BKSD, v_BKSD, length_B, kind)
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-6)
+
+
 def test_the_tpu_decode_kernel_lowers_for_a_tpu(monkeypatch):
     """What can be checked of the compiled TPU kernel without a TPU: Pallas' Mosaic lowering
     (block shapes, prefetched lengths, scratch) for a TPU v5p, at Qwen3-1.7B's decode shapes
@@ -507,6 +529,14 @@ def test_the_engine_with_the_decode_kernel_samples_the_reference_rows(family_mod
     np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="continuous engine only"):
         sampler.generate(cfg, params, prompts, engine="static", decode_attention="pallas_gpu", **kw)
+    if kind == "pallas_tpu_interpret":  # the engine on 8 devices traces its windows under the mesh
+        mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
+        replicated = jax.device_put(
+            params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        )
+        sharded = sampler.generate(cfg, replicated, prompts, mesh=mesh, decode_attention=kind, **kw)
+        np.testing.assert_array_equal(sharded.tokens, want.tokens)
+        np.testing.assert_allclose(sharded.logprobs, want.logprobs, atol=1e-5, rtol=0)
 
 
 def test_pool_size_follows_the_budget_not_the_rows():

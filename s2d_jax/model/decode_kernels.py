@@ -27,6 +27,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from s2d_jax.model import decoder
+
 DECODE_ATTENTION = (
     "reference",
     "pallas_gpu",
@@ -63,15 +65,24 @@ def decode_attention(q_BTHD, k_BKSD, v_BKSD, length_B, kind: str):
     dt = q_BTHD.dtype
     q_BKGD = q_BTHD[:, 0].reshape(B, K, H // K, D)
     k_BKSD, v_BKSD = k_BKSD.astype(dt), v_BKSD.astype(dt)
-    length_B = length_B.astype(jnp.int32)
     if kind.startswith("pallas_tpu"):
-        out_BKGD = _ragged_tpu(q_BKGD, k_BKSD, v_BKSD, length_B, kind == "pallas_tpu_interpret")
+        kernel = functools.partial(_ragged_tpu, interpret=kind == "pallas_tpu_interpret")
     else:
-        out_BKGD = _gpu(q_BKGD, k_BKSD, v_BKSD, length_B, kind == "pallas_gpu_interpret")
+        kernel = functools.partial(_gpu, interpret=kind == "pallas_gpu_interpret")
+    # A kernel is opaque to the partitioner, which would gather its operands (the whole KV
+    # cache) onto every device: under a mesh each device runs it on its own rows.
+    mesh = jax.sharding.get_abstract_mesh()
+    rows = () if mesh.empty else decoder.row_axes(mesh, B)
+    if rows:
+        split = jax.sharding.PartitionSpec(rows)
+        kernel = jax.shard_map(
+            kernel, mesh=mesh, in_specs=(split,) * 4, out_specs=split, check_vma=False
+        )
+    out_BKGD = kernel(q_BKGD, k_BKSD, v_BKSD, length_B.astype(jnp.int32))
     return out_BKGD.reshape(B, 1, H, D).astype(dt)
 
 
-def _gpu(q_BKGD, k_BKSD, v_BKSD, length_B, interpret: bool):
+def _gpu(q_BKGD, k_BKSD, v_BKSD, length_B, *, interpret: bool):
     from jax.experimental.pallas.ops.gpu import decode_attention as pallas_decode
 
     B, K, _, D = q_BKGD.shape
@@ -99,7 +110,7 @@ def tpu_block_slots(slots: int) -> int:
     return 512 if slots % 512 == 0 else KERNEL_SLOT_MULTIPLE
 
 
-def _ragged_tpu(q_BKGD, k_BKSD, v_BKSD, length_B, interpret: bool):
+def _ragged_tpu(q_BKGD, k_BKSD, v_BKSD, length_B, *, interpret: bool):
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import tpu as pltpu
 

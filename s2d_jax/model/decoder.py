@@ -3,8 +3,8 @@
 Parameters are a plain nested dict; layers are stacked on a leading `layers` axis and run with
 `lax.scan`, so compile time does not grow with the number of layers. Family differences (Qwen3
 q/k RMSNorm, Llama 3 rope scaling, tied embeddings, attention biases) are `ModelConfig` fields.
-`param_axes(cfg)` gives the logical axis names of every parameter (see distributed/sharding.py).
-The sampler reads the same weights one tree per layer (`cached_forward.PerLayerParams`).
+`param_axes(cfg)` gives every parameter's logical axis names (see distributed/sharding.py); the
+sampler reads the same weights one tree per layer (`cached_forward.PerLayerParams`).
 
     cfg = ModelConfig.preset("qwen3_1.7b")
     params = init_params(cfg, jax.random.key(0))
@@ -323,22 +323,22 @@ def attention_output_and_mlp(cfg: ModelConfig, x_BTD, attn_BTHD, p):
     return x_BTD + jnp.einsum("btf,fd->btd", mlp_BTF, p["w_down"].astype(dt))
 
 
-def constrain_rows(x_B):
-    """`x_B` with its rows split over the row axes of the mesh traced under (the jitted steps
-    set it), else unchanged: left to itself the partitioner may meet fsdp-split params by
-    gathering every row of a micro-batch onto each fsdp device (tools/fit.py shows it)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return x_B
+def row_axes(mesh, rows: int) -> tuple[str, ...]:
+    """The leading ROW_MESH_AXES of `mesh` that split `rows` rows evenly; () if none does."""
     axes, size = [], 1
     for axis in ROW_MESH_AXES:
-        if axis not in mesh.axis_names or x_B.shape[0] % (size * mesh.shape[axis]):
+        if axis not in mesh.axis_names or rows % (size * mesh.shape[axis]):
             break
-        axes.append(axis)
-        size *= mesh.shape[axis]
-    if size == 1:
-        return x_B
-    return jax.lax.with_sharding_constraint(x_B, jax.sharding.PartitionSpec(tuple(axes)))
+        axes, size = axes + [axis], size * mesh.shape[axis]
+    return tuple(axes) if size > 1 else ()
+
+
+def constrain_rows(x_B):
+    """`x_B` with its rows split over the row axes of the mesh traced under (the jitted steps set
+    it), else unchanged: else the partitioner may gather a micro-batch's rows onto each device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = () if mesh.empty else row_axes(mesh, x_B.shape[0])
+    return jax.lax.with_sharding_constraint(x_B, jax.sharding.PartitionSpec(axes)) if axes else x_B
 
 
 def _run_layers(cfg, params, tokens_BT, positions_BT, attention_mask_BT):

@@ -45,6 +45,8 @@ refill's prompts are split over them too.
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import numpy as np
 
@@ -213,12 +215,16 @@ class _Scheduler:
         live = self.row_B >= 0
         longest = int((self.prompt_len_B + self.index_B)[live].max()) + self.W - 1
         read_length = min(self.length, bucket(longest))
+        traced_under = contextlib.nullcontext()
         if self.kernel != "reference":
             read_length = self.length
-        pool, tokens_BW, logprobs_BW = slots.window_jit(
-            pool.replace(settings=self.settings), self.params, cfg=self.cfg,
-            read_length=read_length, steps=self.W, kernel=self.kernel,
-        )  # fmt: skip
+            if self.split["mesh"] is not None:  # each device runs the kernel on its own rows
+                traced_under = jax.sharding.use_abstract_mesh(self.split["mesh"].abstract_mesh)
+        with traced_under:
+            pool, tokens_BW, logprobs_BW = slots.window_jit(
+                pool.replace(settings=self.settings), self.params, cfg=self.cfg,
+                read_length=read_length, steps=self.W, kernel=self.kernel,
+            )  # fmt: skip
         index_B, done_B = _to_host(pool.index_B), _to_host(pool.done_B)
         self._collect(_to_host(tokens_BW), _to_host(logprobs_BW), index_B, done_B)
         return pool.replace(settings=None)
