@@ -87,9 +87,9 @@ def paper_rows(pair: str) -> dict:
     """{stage label: fit arguments} of one pair at the paper's lengths."""
     teacher, student = paper.PAIRS[pair]
     devices, tensor = paper.PAIR_SLICE[pair]
-    rows = devices // tensor  # one row a device over data x fsdp
+    rows = paper.micro_batch_rows(pair)
     hbm = SLICES[pair][1]
-    mesh = f"1,{devices // tensor},{tensor}"
+    mesh = f"1,{rows},{tensor}"  # data 1, fsdp over the rest: one micro-batch row a device
     where = f"--devices {devices} --mesh {mesh} --hbm_gib {hbm} {PAPER_COMMON}"
     grpo = f"--batch 64 --micro_batches {64 // rows} --seq {GRPO_SEQ} --kl_coef 5e-4"
     grpo += " --score_batch 64"

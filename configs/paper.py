@@ -65,11 +65,8 @@ PAIRS = {
     "one_gpu": ("qwen3_1.7b", "qwen3_0.6b"),
     "tiny": ("tiny_qwen3_teacher", "tiny_qwen3_student"),
 }
-# pair -> (chips, tensor axis): the slice each pair is sized for (README "Will it fit?"). fsdp -1
-# takes the devices the tensor axis leaves, and a micro-batch holds one row a device over
-# data x fsdp (chips / tensor rows), so a step's activations are one row's whatever the stage's
-# batch. Llama needs 64 chips: its 70B teacher's GRPO step takes 100.5 GiB a chip on 32 chips as
-# (1, 8, 4), 79.6 on 64 as (1, 16, 4).
+# pair -> (chips, tensor axis): the slice each pair is sized for (README "Will it fit?"; Llama's
+# 70B teacher's GRPO step does not fit 32 chips). fsdp -1 takes the devices the tensor axis leaves.
 PAIR_SLICE = {
     "qwen3_8b": (8, 1),
     "qwen3_14b": (8, 1),
@@ -133,9 +130,7 @@ def get_config(arg=None):
             "give no teacher_path, student_path or data_path"
         )
     teacher_preset, student_preset = PAIRS[arg.pair]
-    chips, tensor = PAIR_SLICE[arg.pair]
-    rows = chips // tensor
-    mesh = common.mesh(data=1, fsdp=-1, tensor=tensor)
+    mesh = common.mesh(data=1, fsdp=-1, tensor=PAIR_SLICE[arg.pair][1])
     config = common.base(arg.seed, "skip", 2 if tiny else 8, mesh_sizes=mesh)
     # Qwen3 chat template with thinking off (paper code default); DAPO columns need data_path.
     data_path = common.shipped_file("tiny_dapo_math.jsonl") if tiny else arg.data_path
@@ -155,7 +150,7 @@ def get_config(arg=None):
             student=common.model(preset=student_preset, hf_path=arg.student_path, **dtype),
         )
     )
-    config.stages = _stages(arg.arm, rows)
+    config.stages = _stages(arg.arm, micro_batch_rows(arg.pair))
     config.eval = common.evaluation("math500,aime24,aime25", samples=16, max_new_tokens=16384)
     # C2 of every arm on one probe set: rows of the two base checkpoints, so each arm's run (and
     # each seed) reads the same rows.
@@ -165,6 +160,13 @@ def get_config(arg=None):
     config.report_rows = _report_rows(arg.arm, config.stages)
     config.export_hf = config.report_rows.split(",")[0].split("=")[1]
     return config
+
+
+def micro_batch_rows(pair: str) -> int:
+    """Rows of one micro-batch on the pair's slice: one a device over data x fsdp, so a step's
+    activations are one row's whatever the stage's batch."""
+    chips, tensor = PAIR_SLICE[pair]
+    return chips // tensor
 
 
 def _grpo(model, init_from, data, rows):

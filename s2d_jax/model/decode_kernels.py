@@ -36,7 +36,9 @@ DECODE_ATTENTION = (
     "pallas_tpu",
     "pallas_tpu_interpret",
 )
-KERNEL_SLOT_MULTIPLE = 256  # cache lengths the kernels take: 16 splits of 16-slot blocks or more
+# Cache lengths both kernels take: the GPU kernel's 16 splits of 16-slot blocks, the TPU one's
+# blocks of 256 (or 512) slots.
+KERNEL_SLOT_MULTIPLE = 256
 _BLOCK_H = 16  # query heads per kernel program (fewer are padded, and masked, by the kernel)
 
 
